@@ -1,0 +1,82 @@
+"""The settings of one training run, and the command-line flags that set them.
+
+The defaults are not here: they are the module-level constants at the top of train_chatbot.py
+(BASE_MODEL, NUM_EPOCHS, ...), which a learner edits. Each constant NAME becomes the flag --name
+(lower case, '-' for '_') and the field `name` of TrainConfig.
+"""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+
+def _setting(help_text: str):
+    return field(metadata={"help": help_text})
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = _setting("Hub name or local folder of the base (pre-trained) causal language model")
+    dataset_name: str = _setting(
+        "Hub dataset name, or a local .jsonl/.json/.parquet/.csv file or save_to_disk folder"
+    )
+    dataset_split: str = _setting("split to read from a Hub dataset or a saved DatasetDict")
+    num_train_samples: int = _setting("conversations to train on (the evaluation split is taken besides these)")
+    output_dir: str = _setting("where the fine-tuned model folder is written")
+    num_epochs: float = _setting("passes over the training conversations")
+    max_steps: int = _setting("if > 0: stop after this many optimizer steps (overrides --num-epochs)")
+    learning_rate: float = _setting("peak learning rate (AdamW), decayed linearly to 0")
+    batch_size: int = _setting("conversations per forward pass on each device")
+    gradient_accumulation_steps: int = _setting("forward passes summed into one optimizer step")
+    max_length: int = _setting("longest training sequence in tokens; longer chats are cut at a turn boundary")
+    eval_fraction: float = _setting("share of conversations held out for evaluation (at least 32 when possible)")
+    seed: int = _setting("random seed for sampling, the held-out split, and initialisation")
+    logging_steps: int = _setting("print a log line every this many optimizer steps")
+    offline: bool = _setting("use the offline starter kit (Gemma 3 270M + chatterbot corpus) without asking the Hub")
+    overwrite: bool = _setting("replace OUTPUT_DIR even if it holds a model trained with other settings")
+    trust_remote_code: bool = _setting("allow a model repository to run its own Python code (off by default)")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the flag and how to fix it."""
+        checks = [
+            (self.num_train_samples >= 1, "--num-train-samples must be at least 1"),
+            (self.num_epochs > 0 or self.max_steps > 0, "--num-epochs must be above 0 (or set --max-steps)"),
+            (0 < self.learning_rate < 1, "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4)"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+            (self.max_length >= 16, "--max-length must be at least 16 tokens"),
+            (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
+            (self.logging_steps >= 1, "--logging-steps must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def parse_config(defaults: dict, argv: list[str] | None = None, description: str | None = None) -> TrainConfig:
+    """Build a TrainConfig from the script's CONSTANTS (`defaults`) overridden by command-line flags."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for setting in dataclasses.fields(TrainConfig):
+        default = defaults[setting.name.upper()]
+        help_text = f"{setting.metadata['help']} (default: {default})"
+        if setting.type is bool:
+            parser.add_argument(
+                flag_name(setting.name), action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        else:
+            parser.add_argument(flag_name(setting.name), type=setting.type, default=default, help=help_text)
+    config = TrainConfig(**vars(parser.parse_args(argv)))
+    config.validate()
+    return config

@@ -1,0 +1,22 @@
+"""Errors a user can fix, and the wrapper that turns them into a message and an exit code."""
+
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Something wrong with the user's input or environment: printed as a message, never as a traceback."""
+
+
+def exit_on_user_error(main):
+    """Run `main`; a UserError becomes 'error: ...' on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"\nerror: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,102 @@
+"""Find and load a base model and its tokenizer: a local folder, the Hub (or its cache), or the offline kit."""
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@functools.cache
+def hub_available() -> bool:
+    """Whether the Hugging Face Hub can be used: not switched off (HF_HUB_OFFLINE) and answering."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+        return True
+    except Exception:  # no DNS, no route, proxy refusal, timeout: all mean "offline" here
+        return False
+
+
+@dataclass
+class ModelSource:
+    requested: str  # what the user asked for
+    path: str  # what from_pretrained is given
+    kind: str  # "local", "hub" or "offline-kit"
+    notice: str = ""  # why the offline kit stands in, if it does
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
+
+
+def resolve_base_model(requested: str, offline: bool) -> ModelSource:
+    from . import offline_kit
+
+    path = Path(requested).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path} is not a model folder (it has no config.json)")
+        return ModelSource(requested, str(path), "local")
+    if requested.startswith((".", "/", "~")):
+        raise UserError(f"base model folder {requested} does not exist: check the path, or pass a Hub model name")
+    if offline:
+        return ModelSource(requested, str(offline_kit.model_dir()), "offline-kit")
+    if _in_hub_cache(requested) or hub_available():
+        return ModelSource(requested, requested, "hub")
+    notice = (f"The Hub is unreachable and {requested} is not in the local cache: using the offline kit's "
+              "Gemma 3 270M base model instead. (Pass a local model folder with --base-model to use your own.)")
+    return ModelSource(requested, str(offline_kit.model_dir()), "offline-kit", notice)
+
+
+def _hub_kwargs(source: ModelSource, trust_remote_code: bool) -> dict:
+    return {"trust_remote_code": trust_remote_code,
+            "local_files_only": source.kind == "hub" and not hub_available()}
+
+
+def _load_error(source: ModelSource, error: Exception) -> UserError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    hint = ("check the name on https://huggingface.co/models" if source.kind == "hub"
+            else "the folder may be incomplete or corrupt")
+    return UserError(f"could not load model {source.requested!r}: {first_line} ({hint}; "
+                     "without the Hub, --offline uses the offline starter kit)")
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.path, **_hub_kwargs(source, trust_remote_code))
+    except Exception as error:
+        raise _load_error(source, error) from None
+
+
+def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **_hub_kwargs(source, trust_remote_code))
+    except Exception as error:
+        raise _load_error(source, error) from None
+
+
+def context_window(model) -> int | None:
+    """Longest sequence the model was built for (GPT-2: 1,024 tokens)."""
+    config = model.config.get_text_config()
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
+def hub_cache_note() -> str:
+    return os.environ.get("HF_HOME", "~/.cache/huggingface")

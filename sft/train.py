@@ -1,0 +1,289 @@
+"""Train: wire a TrainConfig to TRL's SFTTrainer, with honest numbers in every log line.
+
+The steps, in order: find the base model -> load the tokenizer and give it the chat template ->
+load and sample the chats -> tokenize with the trained-token mask -> fine-tune -> save the folder.
+"""
+
+import dataclasses
+import datetime
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import chat_format, data, masking, models, save
+from .config import TrainConfig
+from .errors import UserError
+from .metadata import TrainingMetadata
+
+RULE = "=" * 78
+
+
+def banner(text: str) -> None:
+    print(f"\n{RULE}\n{text}\n{RULE}", flush=True)
+
+
+def quiet_library_chatter() -> None:
+    """Hide progress bars and warnings that say nothing a learner can act on."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # tokenized data is small; our own lines say what happened
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")
+
+
+def pick_device():
+    """(device, precision): CUDA with bf16 where supported (else fp16), Apple MPS, or the CPU in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"cuda ({name})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.backends.mps.is_available():
+        return "mps", "fp32"  # autocast on MPS is not reliable for training yet
+    return f"cpu ({torch.get_num_threads()} threads)", "fp32"
+
+
+def tokenize_split(tokenizer, conversations, max_length):
+    """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report."""
+    from datasets import Dataset
+
+    rows, dropped, truncated = [], 0, 0
+    for messages in conversations:
+        encoded = masking.encode_chat(tokenizer, messages, max_length)
+        if encoded is None:
+            dropped += 1
+            continue
+        truncated += encoded.truncated
+        rows.append({"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks})
+    stats = {"dropped": dropped, "truncated": truncated,
+             "tokens": sum(len(r["input_ids"]) for r in rows),
+             "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
+    return Dataset.from_list(rows) if rows else None, stats
+
+
+def log_line(state, logs: dict, timer: dict) -> str | None:
+    """One line per logging interval: step, epoch, loss, lr, tokens/s, step time; and eval results."""
+    if "eval_loss" in logs:
+        line = (f"eval  | step {state.global_step:>5} | eval loss {logs['eval_loss']:.4f}"
+                f" | token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.1%}")
+    elif "loss" in logs:
+        now, tokens = time.time(), logs.get("num_tokens", 0)
+        seconds = max(now - timer["time"], 1e-9)
+        steps = max(state.global_step - timer["step"], 1)
+        line = (f"step {state.global_step:>5}/{state.max_steps} | epoch {logs.get('epoch', 0):.2f}"
+                f" | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e}"
+                f" | {(tokens - timer['tokens']) / seconds:,.0f} tok/s | {seconds / steps:.2f} s/step")
+        timer.update(time=now, tokens=tokens, step=state.global_step)
+    else:
+        return None
+    return line
+
+
+def estimate_cpu_time(trainer, total_tokens: int) -> str:
+    """Time one forward+backward pass on a real batch and scale it to the whole run."""
+    import torch
+
+    model = trainer.model
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(min(len(trainer.train_dataset),
+                                                                               trainer.args.per_device_train_batch_size))])
+    seconds = []
+    for _ in range(2):  # the first pass pays one-off start-up costs
+        started = time.time()
+        model(**batch).loss.backward()
+        seconds.append(time.time() - started)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(trainer.args.seed)
+    tokens_per_second = int(batch["attention_mask"].sum()) / seconds[-1]
+    minutes = total_tokens / tokens_per_second / 60
+    return (f"about {minutes:,.0f} min of training ({tokens_per_second:,.0f} tokens/s measured on one batch)"
+            if minutes >= 1 else f"under a minute of training ({tokens_per_second:,.0f} tokens/s)")
+
+
+def run_training(config: TrainConfig) -> Path:
+    """Fine-tune config.base_model on config.dataset_name and write config.output_dir. Returns its path."""
+    started = time.time()
+    quiet_library_chatter()
+    import torch
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    output_dir = Path(config.output_dir)
+    settings = dataclasses.asdict(config)
+    del settings["overwrite"]
+    save.check_output_dir(output_dir, settings, config.overwrite)
+    set_seed(config.seed)
+
+    # 1. Base model and tokenizer, with our chat template
+    source = models.resolve_base_model(config.base_model, config.offline)
+    if source.notice:
+        banner("OFFLINE: " + source.notice)
+    tokenizer = models.load_tokenizer(source, config.trust_remote_code)
+    chat_format.install_chat_template(tokenizer)
+
+    # 2. Chats: load, sample, hold out an eval split
+    chats = data.load_chat_data(config.dataset_name, config.dataset_split, config.num_train_samples,
+                                config.eval_fraction, config.seed, config.offline, models.hub_available)
+    for notice in chats.notices:
+        banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
+
+    # 3. Tokenize with the trained-token mask, cutting long chats at a turn boundary
+    train_set, train_stats = tokenize_split(tokenizer, chats.train, config.max_length)
+    eval_set, eval_stats = tokenize_split(tokenizer, chats.eval, config.max_length)
+    if train_set is None:
+        raise UserError(f"no training conversation fits --max-length {config.max_length} "
+                        f"(all {len(chats.train)} were dropped): raise --max-length")
+    print(f"\nData: {chats.name} [{chats.format}, from {chats.source}]: {len(train_set)} training and "
+          f"{len(eval_set) if eval_set else 0} held-out conversations.")
+    print(f"  {train_stats['tokens']:,} tokens, of which {train_stats['trained_tokens']:,} are trained "
+          f"({train_stats['trained_tokens'] / train_stats['tokens']:.0%}: the assistant's answers).")
+    dropped = train_stats["dropped"] + eval_stats["dropped"]
+    if dropped or train_stats["truncated"]:
+        print(f"  max_length {config.max_length}: {dropped} conversations dropped (first answer too long), "
+              f"{train_stats['truncated'] + eval_stats['truncated']} cut after their last whole answer.")
+    first = train_set[0]
+    print("\nFirst training example (highlighted = trained tokens; the rest only gives context):\n")
+    print(masking.show_trained_tokens(tokenizer, first["input_ids"], first["assistant_masks"],
+                                      color=sys.stdout.isatty()))
+
+    # 4. Model and device
+    device, precision = pick_device()
+    model = models.load_model(source, dtype=torch.float32, trust_remote_code=config.trust_remote_code)
+    window = models.context_window(model)
+    if window and config.max_length > window:
+        raise UserError(f"--max-length {config.max_length} is longer than {config.base_model}'s context window "
+                        f"({window} tokens): use --max-length {window} or less")
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"\nModel: {config.base_model} [{source.kind}], {parameters / 1e6:.1f}M parameters, on {device}, "
+          f"{precision}.")
+    if device.startswith("cpu"):
+        print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
+
+    # 5. Train with TRL's SFTTrainer
+    scratch = save.staging_dir(output_dir)
+    args = SFTConfig(
+        output_dir=str(scratch),
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        max_length=config.max_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=config.logging_steps,
+        # Evaluate before training (the base model's score), at the end of each epoch, and at the end.
+        eval_strategy=("steps" if config.max_steps > 0 else "epoch") if eval_set is not None else "no",
+        eval_steps=config.max_steps if config.max_steps > 0 else None,
+        eval_on_start=eval_set is not None,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,  # keep the progress bar with ETA even though library logging is quieted
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer)
+    timer = {"time": time.time(), "tokens": 0, "step": 0}
+
+    class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            line = log_line(state, logs or {}, timer) if state.is_world_process_zero else None
+            if line:
+                (self.training_bar.write if self.training_bar is not None else print)(line)
+
+    class StartClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            timer["time"] = time.time()
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogLines)
+    trainer.add_callback(StartClock)
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
+    if device.startswith("cpu"):
+        epochs = total_steps / steps_per_epoch
+        print(f"Estimated time on this CPU: {estimate_cpu_time(trainer, int(train_stats['tokens'] * epochs))}.")
+    print(f"\nTraining: {total_steps} optimizer steps of {config.effective_batch_size} "
+          f"conversations ({config.batch_size} x {config.gradient_accumulation_steps} accumulated), "
+          f"lr {config.learning_rate:g}, max_length {config.max_length}.\n", flush=True)
+
+    try:
+        train_started = time.time()
+        trainer.train()
+        train_seconds = time.time() - train_started
+
+        # 6. Save
+        history = trainer.state.log_history
+        evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+        tokens_processed = int(trainer.state.num_input_tokens_seen) or int(
+            next((e["num_tokens"] for e in reversed(history) if "num_tokens" in e), 0))
+        versions = {name: __import__(name).__version__
+                    for name in ("torch", "transformers", "trl", "datasets", "accelerate", "peft")}
+        metadata = TrainingMetadata(
+            base_model=config.base_model if source.kind != "offline-kit" else "google/gemma-3-270m",
+            dataset=chats.name,
+            num_samples=len(train_set),
+            num_epochs=config.num_epochs,
+            learning_rate=config.learning_rate,
+            model_parameters=parameters,
+            base_model_source=source.kind,
+            base_model_path=source.path,
+            dataset_source=chats.source,
+            dataset_split=chats.split,
+            dataset_format=chats.format,
+            num_eval_samples=len(eval_set) if eval_set else 0,
+            conversations_dropped=dropped,
+            conversations_truncated=train_stats["truncated"] + eval_stats["truncated"],
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            effective_batch_size=config.effective_batch_size,
+            max_steps=config.max_steps,
+            seed=config.seed,
+            optimizer_steps=trainer.state.global_step,
+            epochs_completed=round(trainer.state.epoch or 0, 4),
+            final_train_loss=next((e["loss"] for e in reversed(history) if "loss" in e), None),
+            eval_loss_before=evals[0] if evals else None,
+            eval_loss=evals[-1] if len(evals) > 1 else None,
+            trained_tokens_per_epoch=train_stats["trained_tokens"],
+            tokens_processed=tokens_processed,
+            train_seconds=round(train_seconds, 2),
+            tokens_per_second=round(tokens_processed / train_seconds, 1) if train_seconds else 0.0,
+            total_seconds=0.0,  # filled just before writing
+            device=device,
+            precision=precision,
+            library_versions=versions,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            settings=settings,
+        )
+        metadata.total_seconds = round(time.time() - started, 2)
+        save.write_model_folder(output_dir, trainer, tokenizer, metadata)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    before = f"{metadata.eval_loss_before:.3f}" if metadata.eval_loss_before is not None else "n/a"
+    after = f"{metadata.eval_loss:.3f}" if metadata.eval_loss is not None else "n/a"
+    banner(f"Done in {metadata.total_seconds / 60:.1f} min. Held-out loss: {before} (base) -> {after} "
+           f"(fine-tuned).\nModel saved to {output_dir}/ with training_metadata.json and loss_curve.png.\n"
+           f"Compare with the base model:  python test_chatbot.py --mode compare --model {output_dir}")
+    return output_dir
+
+
+def main_from_constants(constants: dict, description: str, argv=None) -> None:
+    """Entry point shared by the three training scripts: CONSTANTS -> flags -> run."""
+    from .config import parse_config
+    from .errors import exit_on_user_error
+
+    exit_on_user_error(lambda: run_training(parse_config(constants, argv, description)))()
+
