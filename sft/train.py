@@ -106,6 +106,12 @@ def estimate_cpu_time(trainer, total_tokens: int) -> str:
             if minutes >= 1 else f"under a minute of training ({tokens_per_second:,.0f} tokens/s)")
 
 
+def base_model_name(config: TrainConfig, source) -> str:
+    from . import offline_kit
+
+    return offline_kit.BASE_MODEL_ID if source.kind == "offline-kit" else config.base_model
+
+
 def run_training(config: TrainConfig) -> Path:
     """Fine-tune config.base_model on config.dataset_name and write config.output_dir. Returns its path."""
     started = time.time()
@@ -160,8 +166,8 @@ def run_training(config: TrainConfig) -> Path:
         raise UserError(f"--max-length {config.max_length} is longer than {config.base_model}'s context window "
                         f"({window} tokens): use --max-length {window} or less")
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"\nModel: {config.base_model} [{source.kind}], {parameters / 1e6:.1f}M parameters, on {device}, "
-          f"{precision}.")
+    print(f"\nModel: {base_model_name(config, source)} [{source.kind}], {parameters / 1e6:.1f}M parameters, "
+          f"on {device}, {precision}.")
     if device.startswith("cpu"):
         print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
 
@@ -231,7 +237,7 @@ def run_training(config: TrainConfig) -> Path:
         versions = {name: __import__(name).__version__
                     for name in ("torch", "transformers", "trl", "datasets", "accelerate", "peft")}
         metadata = TrainingMetadata(
-            base_model=config.base_model if source.kind != "offline-kit" else "google/gemma-3-270m",
+            base_model=base_model_name(config, source),
             dataset=chats.name,
             num_samples=len(train_set),
             num_epochs=config.num_epochs,

