@@ -1,7 +1,6 @@
 """Find and load a base model and its tokenizer: a local folder, the Hub (or its cache), or the offline kit."""
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,5 +97,26 @@ def context_window(model) -> int | None:
     return None
 
 
-def hub_cache_note() -> str:
-    return os.environ.get("HF_HOME", "~/.cache/huggingface")
+def finetuned_source(folder: str) -> ModelSource:
+    """A model folder written by the training scripts, checked before anything heavy is loaded."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"no fine-tuned model at {folder}: train one first with python quick_test.py "
+                        "(writes ./chatbot-test) or python train_chatbot.py (writes ./chatbot-finetuned), "
+                        "or pass --model DIR")
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        raise UserError(f"{folder} is not a complete model folder (config.json and *.safetensors expected); "
+                        "train again with the script that wrote it")
+    return ModelSource(str(path), str(path), "local")
+
+
+def base_source_from_metadata(metadata: dict) -> ModelSource:
+    """The base model a fine-tuned folder came from, from the same place it was loaded then."""
+    from . import offline_kit
+
+    requested, kind, path = metadata["base_model"], metadata["base_model_source"], metadata["base_model_path"]
+    if kind == "offline-kit":
+        return ModelSource(requested, str(offline_kit.model_dir()), kind)
+    if kind == "local" and not Path(path).is_dir():
+        raise UserError(f"the base model folder {path} (recorded in training_metadata.json) no longer exists")
+    return ModelSource(requested, path, kind)

@@ -91,3 +91,35 @@ def run_script(script: str, *args: str, cwd=None, timeout=600) -> subprocess.Com
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def quick_args(model_dir, data_file, out_dir, *extra):
+    """quick_test.py on the tiny model and fixture chats: 24 chats, 4 steps."""
+    return ["--base-model", str(model_dir), "--dataset-name", str(data_file), "--output-dir", str(out_dir),
+            "--num-train-samples", "24", "--max-steps", "4", "--logging-steps", "2", *extra]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
+    """One real quick_test.py run on the tiny model: (its output folder, the finished process)."""
+    out_dir = tmp_path_factory.mktemp("run") / "chatbot-test"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out_dir, result
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory):
+    """A random GPT-2 big enough that a long answer takes seconds to stream, with the chat template."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sft.chat_format import install_chat_template
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("chat-model")
+    GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=256)).save_pretrained(folder)
+    tokenizer = make_gpt2_tokenizer()
+    install_chat_template(tokenizer)
+    tokenizer.save_pretrained(folder)
+    return folder

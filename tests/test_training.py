@@ -4,23 +4,10 @@ import json
 
 import pytest
 
-from conftest import run_script, write_jsonl
+from conftest import quick_args, run_script, write_jsonl
 from sft.metadata import METADATA_FILE, TrainingMetadata
 
 TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learning_rate", "model_parameters"]
-
-
-def quick_args(model_dir, data_file, out_dir, *extra):
-    return ["--base-model", str(model_dir), "--dataset-name", str(data_file), "--output-dir", str(out_dir),
-            "--num-train-samples", "24", "--max-steps", "4", "--logging-steps", "2", *extra]
-
-
-@pytest.fixture(scope="module")
-def quick_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("run") / "chatbot-test"
-    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out_dir, result
 
 
 def test_quick_test_writes_a_complete_model_folder(quick_run):
