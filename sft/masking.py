@@ -12,6 +12,7 @@ Why not simply `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=
 For ordinary text the ids are exactly those of `apply_chat_template` (tested).
 """
 
+import itertools
 from dataclasses import dataclass
 
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -74,15 +75,29 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
     return EncodedChat(input_ids[:keep], mask[:keep], truncated=keep < answer_ends[-1])
 
 
+def tokenize_chats(tokenizer, conversations, max_length):
+    """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report."""
+    from datasets import Dataset
+
+    rows, dropped, truncated = [], 0, 0
+    for messages in conversations:
+        encoded = encode_chat(tokenizer, messages, max_length)
+        if encoded is None:
+            dropped += 1
+            continue
+        truncated += encoded.truncated
+        rows.append({"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks})
+    stats = {"dropped": dropped, "truncated": truncated,
+             "tokens": sum(len(r["input_ids"]) for r in rows),
+             "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
+    return Dataset.from_list(rows) if rows else None, stats
+
+
 def show_trained_tokens(tokenizer, input_ids: list[int], assistant_masks: list[int], color: bool) -> str:
     """The sequence as text, with trained tokens highlighted (green, or between [[ ]] without colour)."""
     open_mark, close_mark = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
-    parts, run, run_trained = [], [], None
-    for token_id, trained in list(zip(input_ids, assistant_masks)) + [(None, None)]:
-        if trained != run_trained and run:
-            piece = tokenizer.decode(run)
-            parts.append(f"{open_mark}{piece}{close_mark}" if run_trained else piece)
-            run = []
-        run.append(token_id)
-        run_trained = trained
+    parts = []
+    for trained, run in itertools.groupby(zip(input_ids, assistant_masks), key=lambda pair: pair[1]):
+        piece = tokenizer.decode([token_id for token_id, _ in run])
+        parts.append(f"{open_mark}{piece}{close_mark}" if trained else piece)
     return "".join(parts)

@@ -50,24 +50,6 @@ def pick_device():
     return f"cpu ({torch.get_num_threads()} threads)", "fp32"
 
 
-def tokenize_split(tokenizer, conversations, max_length):
-    """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report."""
-    from datasets import Dataset
-
-    rows, dropped, truncated = [], 0, 0
-    for messages in conversations:
-        encoded = masking.encode_chat(tokenizer, messages, max_length)
-        if encoded is None:
-            dropped += 1
-            continue
-        truncated += encoded.truncated
-        rows.append({"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks})
-    stats = {"dropped": dropped, "truncated": truncated,
-             "tokens": sum(len(r["input_ids"]) for r in rows),
-             "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
-    return Dataset.from_list(rows) if rows else None, stats
-
-
 def log_line(state, logs: dict, timer: dict) -> str | None:
     """One line per logging interval: step, epoch, loss, lr, tokens/s, step time; and eval results."""
     if "eval_loss" in logs:
@@ -140,8 +122,8 @@ def run_training(config: TrainConfig) -> Path:
         banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
 
     # 3. Tokenize with the trained-token mask, cutting long chats at a turn boundary
-    train_set, train_stats = tokenize_split(tokenizer, chats.train, config.max_length)
-    eval_set, eval_stats = tokenize_split(tokenizer, chats.eval, config.max_length)
+    train_set, train_stats = masking.tokenize_chats(tokenizer, chats.train, config.max_length)
+    eval_set, eval_stats = masking.tokenize_chats(tokenizer, chats.eval, config.max_length)
     if train_set is None:
         raise UserError(f"no training conversation fits --max-length {config.max_length} "
                         f"(all {len(chats.train)} were dropped): raise --max-length")
