@@ -10,7 +10,6 @@ Compare mode writes compare_report.json and compare_report.md into the model fol
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 from sft import compare, models
@@ -88,10 +87,9 @@ def run_compare(args, decoding):
 def run_chat(args, decoding):
     model, tokenizer = load(models.finetuned_source(args.model))
     window = models.context_window(model) or 2048
-    if args.prompt is not None:
-        answer_once(model, tokenizer, [{"role": "user", "content": args.prompt}], decoding, window,
-                    lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-        print()
+    if args.prompt is not None:  # one answer, printed whole: for scripts
+        print(answer_once(model, tokenizer, [{"role": "user", "content": args.prompt}], decoding, window,
+                          write=lambda piece: None))
         return
     repl(model, tokenizer, decoding, window, args.model)
 
