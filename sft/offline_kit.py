@@ -24,8 +24,10 @@ _CONVERTED_MARKER = "converted.ok"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SFT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sft-tutorial"
-    return Path(root)
+    """Where the converted model lives: $SFT_CACHE_DIR, else ~/.cache/sft-tutorial (or under $XDG_CACHE_HOME)."""
+    if os.environ.get("SFT_CACHE_DIR"):
+        return Path(os.environ["SFT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sft-tutorial"
 
 
 def _missing(package: str, pip_name: str) -> UserError:

@@ -73,8 +73,8 @@ def estimate_cpu_time(trainer, total_tokens: int) -> str:
     import torch
 
     model = trainer.model
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(min(len(trainer.train_dataset),
-                                                                               trainer.args.per_device_train_batch_size))])
+    rows = min(len(trainer.train_dataset), trainer.args.per_device_train_batch_size)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(rows)])
     seconds = []
     for _ in range(2):  # the first pass pays one-off start-up costs
         started = time.time()
@@ -175,38 +175,40 @@ def run_training(config: TrainConfig) -> Path:
         save_strategy="no",
         report_to="none",
         disable_tqdm=False,  # keep the progress bar with ETA even though library logging is quieted
+        include_num_input_tokens_seen="non_padding",
         seed=config.seed,
         data_seed=config.seed,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer)
-    timer = {"time": time.time(), "tokens": 0, "step": 0}
+    try:  # the trainer's scratch folder is removed whatever happens
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                             processing_class=tokenizer)
+        timer = {"time": time.time(), "tokens": 0, "step": 0}
 
-    class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            line = log_line(state, logs or {}, timer) if state.is_world_process_zero else None
-            if line:
-                (self.training_bar.write if self.training_bar is not None else print)(line)
+        class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                line = log_line(state, logs or {}, timer) if state.is_world_process_zero else None
+                if line:
+                    (self.training_bar.write if self.training_bar is not None else print)(line)
 
-    class StartClock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            timer["time"] = time.time()
+        class StartClock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                timer["time"] = time.time()
 
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(LogLines)
-    trainer.add_callback(StartClock)
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogLines)
+        trainer.add_callback(StartClock)
 
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / config.gradient_accumulation_steps)
-    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
-    if device.startswith("cpu"):
-        epochs = total_steps / steps_per_epoch
-        print(f"Estimated time on this CPU: {estimate_cpu_time(trainer, int(train_stats['tokens'] * epochs))}.")
-    print(f"\nTraining: {total_steps} optimizer steps of {config.effective_batch_size} "
-          f"conversations ({config.batch_size} x {config.gradient_accumulation_steps} accumulated), "
-          f"lr {config.learning_rate:g}, max_length {config.max_length}.\n", flush=True)
+        batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+        total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
+        if device.startswith("cpu"):
+            epochs = total_steps / steps_per_epoch
+            print(f"Estimated time on this CPU: {estimate_cpu_time(trainer, int(train_stats['tokens'] * epochs))}.")
+        print(f"\nTraining: {total_steps} optimizer steps of {config.effective_batch_size} "
+              f"conversations ({config.batch_size} x {config.gradient_accumulation_steps} accumulated), "
+              f"lr {config.learning_rate:g}, max_length {config.max_length}.\n", flush=True)
 
-    try:
         train_started = time.time()
         trainer.train()
         train_seconds = time.time() - train_started
@@ -214,8 +216,7 @@ def run_training(config: TrainConfig) -> Path:
         # 6. Save
         history = trainer.state.log_history
         evals = [e["eval_loss"] for e in history if "eval_loss" in e]
-        tokens_processed = int(trainer.state.num_input_tokens_seen) or int(
-            next((e["num_tokens"] for e in reversed(history) if "num_tokens" in e), 0))
+        tokens_processed = int(trainer.state.num_input_tokens_seen)
         versions = {name: __import__(name).__version__
                     for name in ("torch", "transformers", "trl", "datasets", "accelerate", "peft")}
         metadata = TrainingMetadata(
