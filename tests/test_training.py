@@ -125,3 +125,17 @@ def test_a_folder_not_written_by_us_is_never_replaced(tmp_path, tiny_gpt2_dir, c
     assert result.returncode == 2 and "not a model folder written by these scripts" in result.stderr
     assert (precious / "thesis.tex").read_text() == "years of work"
 
+
+
+@pytest.mark.parametrize("script, folder, requested", [("demo_train.py", "chatbot-demo", 1000),
+                                                       ("train_chatbot.py", "chatbot-finetuned", 5000)])
+def test_demo_and_full_scripts_run_into_their_own_folders(tmp_path, tiny_gpt2_dir, chats_jsonl, script, folder,
+                                                          requested):
+    result = run_script(script, "--base-model", str(tiny_gpt2_dir), "--dataset-name", str(chats_jsonl),
+                        "--max-steps", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((tmp_path / folder / METADATA_FILE).read_text())
+    assert metadata["settings"]["num_train_samples"] == requested
+    assert metadata["num_samples"] + metadata["num_eval_samples"] == 80  # all the fixture has, with a notice
+    assert f"only 80 usable conversations: training on {metadata['num_samples']} instead of {requested}" \
+        in result.stdout
