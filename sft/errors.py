@@ -9,7 +9,7 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Run `main`; a UserError becomes 'error: ...' on stderr and exit status 2."""
+    """Run `main`; a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C a short note and 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -18,5 +18,9 @@ def exit_on_user_error(main):
         except UserError as error:
             print(f"\nerror: {error}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("\nInterrupted. Nothing half-written was left behind; any earlier model folder is unchanged.",
+                  file=sys.stderr)
+            sys.exit(130)
 
     return wrapper

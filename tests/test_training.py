@@ -139,3 +139,26 @@ def test_demo_and_full_scripts_run_into_their_own_folders(tmp_path, tiny_gpt2_di
     assert metadata["num_samples"] + metadata["num_eval_samples"] == 80  # all the fixture has, with a notice
     assert f"only 80 usable conversations: training on {metadata['num_samples']} instead of {requested}" \
         in result.stdout
+
+
+def test_ctrl_c_during_training_leaves_nothing_behind(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out_dir = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "quick_test.py"),
+                                *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000")],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    for line in process.stdout:  # wait until training has really started
+        if line.startswith("Training:"):
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Interrupted" in stderr and "Traceback" not in stderr
+    assert not out_dir.exists() and not list(tmp_path.glob(".out*"))
