@@ -202,6 +202,19 @@ def _read_hub(name: str, split: str):
     return datasets.load_dataset(name, split=split)
 
 
+def _read_hub_cache(name: str, split: str):
+    """A Hub dataset from the local cache only (no retries against an unreachable Hub), or None."""
+    import datasets
+
+    was_offline, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
+    try:
+        return _read_hub(name, split)
+    except Exception:
+        return None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = was_offline
+
+
 @dataclass
 class ChatData:
     train: list[Conversation]
@@ -237,13 +250,18 @@ def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, 
     elif looks_like_path(name):
         raise UserError(f"dataset path {name} does not exist: check the path, or pass a Hub dataset name")
     elif offline or not hub_available():
-        if not offline:
-            notices.append(f"The Hub is unreachable, so {name} cannot be downloaded: using the offline kit's "
-                           f"chat data ({offline_kit.CORPUS_NAME}) instead.")
-        conversations = offline_kit.corpus_conversations()
-        random.Random(seed).shuffle(conversations)
-        train, held_out = split_train_eval(conversations, num_train, eval_fraction, offline_kit.CORPUS_NAME, notices)
-        return ChatData(train, held_out, "offline-kit", offline_kit.CORPUS_NAME, "-", "chatterbot-corpus", notices)
+        table = None if offline else _read_hub_cache(name, split)
+        if table is None:
+            if not offline:
+                notices.append(f"The Hub is unreachable and {name} is not in the local cache: using the offline "
+                               f"kit's chat data ({offline_kit.CORPUS_NAME}) instead.")
+            conversations = offline_kit.corpus_conversations()
+            random.Random(seed).shuffle(conversations)
+            train, held_out = split_train_eval(conversations, num_train, eval_fraction, offline_kit.CORPUS_NAME,
+                                               notices)
+            return ChatData(train, held_out, "offline-kit", offline_kit.CORPUS_NAME, "-", "chatterbot-corpus",
+                            notices)
+        source = "hub"
     else:
         try:
             source, table = "hub", _read_hub(name, split)

@@ -138,5 +138,5 @@ def test_offline_falls_back_to_the_kit_corpus():
     chats = data.load_chat_data("HuggingFaceH4/ultrachat_200k", "train_sft", 50, 0.02, 0, offline=False,
                                 hub_available=lambda: False)
     assert chats.source == "offline-kit" and len(chats.train) == 50 and len(chats.eval) == 32
-    assert any("unreachable" in notice for notice in chats.notices)
+    assert any("unreachable and HuggingFaceH4/ultrachat_200k is not in the local cache" in n for n in chats.notices)
     assert chats.train[0][0]["role"] == "user" and chats.train[0][1]["role"] == "assistant"
