@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 Conversation = list[dict]  # [{"role": ..., "content": ...}, ...]
 
@@ -193,7 +193,7 @@ def _read_local(path: Path, split: str):
     except UserError:
         raise
     except Exception as error:  # datasets' parse errors are long; keep the first line and name the file
-        raise UserError(f"could not read {path}: {_first_line(error)}") from None
+        raise UserError(f"could not read {path}: {first_line(error)}") from None
 
 
 def _read_hub(name: str, split: str):
@@ -230,11 +230,6 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, seed: int,
                    offline: bool, hub_available) -> ChatData:
     """Read `name` (Hub dataset or local path), convert to messages, sample and split train/eval.
@@ -267,7 +262,7 @@ def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, 
             source, table = "hub", _read_hub(name, split)
         except Exception as error:
             raise UserError(f"could not load dataset {name!r} (split {split!r}) from the Hub: "
-                            f"{_first_line(error)}") from None
+                            f"{first_line(error)}") from None
 
     if len(table) == 0:
         raise UserError(f"dataset {name} is empty")

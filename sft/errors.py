@@ -8,6 +8,12 @@ class UserError(Exception):
     """Something wrong with the user's input or environment: printed as a message, never as a traceback."""
 
 
+def first_line(error: Exception) -> str:
+    """A library exception's first line: enough to say what went wrong, without pages of detail."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def exit_on_user_error(main):
     """Run `main`; a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C a short note and 130."""
 

@@ -4,7 +4,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 @functools.cache
@@ -63,10 +63,9 @@ def _hub_kwargs(source: ModelSource, trust_remote_code: bool) -> dict:
 
 
 def _load_error(source: ModelSource, error: Exception) -> UserError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     hint = ("check the name on https://huggingface.co/models" if source.kind == "hub"
             else "the folder may be incomplete or corrupt")
-    return UserError(f"could not load model {source.requested!r}: {first_line} ({hint}; "
+    return UserError(f"could not load model {source.requested!r}: {first_line(error)} ({hint}; "
                      "without the Hub, --offline uses the offline starter kit)")
 
 
