@@ -50,7 +50,7 @@ def load(source):
 
     tokenizer = models.load_tokenizer(source)
     model = models.load_model(source, dtype=torch.float32)
-    model.to("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    model.to(models.best_device())
     return model.eval(), tokenizer
 
 

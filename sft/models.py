@@ -87,6 +87,15 @@ def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False)
         raise _load_error(source, error) from None
 
 
+def best_device() -> str:
+    """"cuda", "mps" or "cpu": the fastest device this machine has."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
 def context_window(model) -> int | None:
     """Longest sequence the model was built for (GPT-2: 1,024 tokens)."""
     config = model.config.get_text_config()

@@ -6,6 +6,7 @@ load and sample the chats -> tokenize with the trained-token mask -> fine-tune -
 
 import dataclasses
 import datetime
+import importlib.metadata
 import math
 import shutil
 import sys
@@ -42,10 +43,10 @@ def pick_device():
     """(device, precision): CUDA with bf16 where supported (else fp16), Apple MPS, or the CPU in fp32."""
     import torch
 
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        return f"cuda ({name})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.backends.mps.is_available():
+    device = models.best_device()
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "mps":
         return "mps", "fp32"  # autocast on MPS is not reliable for training yet
     return f"cpu ({torch.get_num_threads()} threads)", "fp32"
 
@@ -217,7 +218,7 @@ def run_training(config: TrainConfig) -> Path:
         history = trainer.state.log_history
         evals = [e["eval_loss"] for e in history if "eval_loss" in e]
         tokens_processed = int(trainer.state.num_input_tokens_seen)
-        versions = {name: __import__(name).__version__
+        versions = {name: importlib.metadata.version(name)
                     for name in ("torch", "transformers", "trl", "datasets", "accelerate", "peft")}
         metadata = TrainingMetadata(
             base_model=base_model_name(config, source),

@@ -5,6 +5,7 @@ so the tests need no network; end-of-text is id 50256, as in the real GPT-2.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def chats_jsonl(tmp_path_factory):
 
 def run_script(script: str, *args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts as a user would, without network."""
-    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

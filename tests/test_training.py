@@ -142,6 +142,7 @@ def test_demo_and_full_scripts_run_into_their_own_folders(tmp_path, tiny_gpt2_di
 
 
 def test_ctrl_c_during_training_leaves_nothing_behind(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    import os
     import signal
     import subprocess
     import sys
@@ -153,7 +154,7 @@ def test_ctrl_c_during_training_leaves_nothing_behind(tmp_path, tiny_gpt2_dir, c
     process = subprocess.Popen([sys.executable, str(ROOT / "quick_test.py"),
                                 *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000")],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     for line in process.stdout:  # wait until training has really started
         if line.startswith("Training:"):
             break
