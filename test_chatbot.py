@@ -71,6 +71,8 @@ def run_compare(args, decoding):
         tuned, tokenizer = load(models.finetuned_source(args.model))  # its chat template renders every prompt
         contenders = {"base": load(base_source)[0], "fine-tuned": tuned}
 
+    window = models.context_window(contenders["base"]) or 2048
+    compare.check_prompt_lengths(tokenizer, prompts, window, args.max_new_tokens)
     results, summaries = {}, {}
     for name, model in contenders.items():
         print(f"Generating with the {name} model ({len(prompts)} prompts)...", flush=True)

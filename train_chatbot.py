@@ -19,15 +19,19 @@ OUTPUT_DIR = "./chatbot-finetuned"
 NUM_EPOCHS = 3
 MAX_STEPS = 0  # if > 0, stop after this many optimizer steps instead of NUM_EPOCHS
 LEARNING_RATE = 2e-5
-# Sized for an 8 GB GPU: 4 chats of up to 1,024 tokens (GPT-2's whole context) per forward pass take
-# about 5 GB with GPT-2's 50k-word output layer; 4 passes are summed for an effective batch of 16.
-# Out of memory? Halve BATCH_SIZE and double GRADIENT_ACCUMULATION_STEPS, or lower MAX_LENGTH.
+# 4 chats of up to 1,024 tokens (GPT-2's whole context) per forward pass, 4 passes summed into one
+# optimizer step: an effective batch of 16. The tutorial asks for a GPU with 8 GB or more.
+# Out of memory? Halve BATCH_SIZE and double GRADIENT_ACCUMULATION_STEPS, lower MAX_LENGTH, or set
+# GRADIENT_CHECKPOINTING.
 BATCH_SIZE = 4
 GRADIENT_ACCUMULATION_STEPS = 4
 MAX_LENGTH = 1024  # tokens; longer chats are cut after their last whole answer that fits
 EVAL_FRACTION = 0.02  # held-out chats for the eval loss (at least 32)
 SEED = 42
 LOGGING_STEPS = 10
+SAVE_STEPS = 200  # checkpoint for --resume; Ctrl-C also saves one before stopping
+RESUME = True  # re-running an interrupted run continues from its newest checkpoint (--no-resume: start over)
+GRADIENT_CHECKPOINTING = False  # True: less GPU memory, about a third slower
 OFFLINE = False  # True: use the offline kit without asking the Hub
 OVERWRITE = False
 TRUST_REMOTE_CODE = False

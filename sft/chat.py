@@ -6,7 +6,7 @@ window (minus the room kept for the answer), the oldest turns are dropped, never
 
 import threading
 
-from .compare import Decoding, encode_prompts
+from .compare import Decoding, encode_prompts, too_long
 from .errors import UserError
 
 HELP = """Commands:
@@ -25,9 +25,7 @@ def fit_history(tokenizer, history: list[dict], context_window: int, max_new_tok
         if length <= budget:
             return kept
         if len(kept) == 1:
-            raise UserError(f"this message is {length} tokens long; with {max_new_tokens} kept for the answer, "
-                            f"the model's {context_window}-token context allows {budget}. Shorten it, or pass "
-                            "a smaller --max-new-tokens.")
+            raise too_long("this message", length, context_window, max_new_tokens)
         kept = kept[2:] if kept[0]["role"] == "user" and len(kept) > 2 else kept[1:]  # drop the oldest exchange
 
 

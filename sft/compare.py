@@ -115,6 +115,21 @@ def encode_prompts(tokenizer, conversations: list[list[dict]]):
                                          padding=True, return_tensors="pt", return_dict=True)
 
 
+def too_long(what: str, length: int, context_window: int, max_new_tokens: int) -> UserError:
+    budget = context_window - max_new_tokens
+    return UserError(f"{what} is {length} tokens long; with {max_new_tokens} kept for the answer, the model's "
+                     f"{context_window}-token context allows {max(budget, 0)}. Shorten it, or pass a smaller "
+                     "--max-new-tokens.")
+
+
+def check_prompt_lengths(tokenizer, prompts: list[str], context_window: int, max_new_tokens: int) -> None:
+    """Refuse, before generating anything, a prompt that leaves no room for its answer."""
+    for number, prompt in enumerate(prompts, start=1):
+        length = encode_prompts(tokenizer, [[{"role": "user", "content": prompt}]])["input_ids"].shape[1]
+        if length + max_new_tokens > context_window:
+            raise too_long(f"prompt {number}", length, context_window, max_new_tokens)
+
+
 def generate_answers(model, tokenizer, prompts: list[str], decoding: Decoding, cut_roles: bool = False):
     """Answers to `prompts`, generated in batches. Returns (answers, generated tokens per second)."""
     import torch

@@ -34,9 +34,16 @@ class TrainConfig:
     eval_fraction: float = _setting("share of conversations held out for evaluation (at least 32 when possible)")
     seed: int = _setting("random seed for sampling, the held-out split, and initialisation")
     logging_steps: int = _setting("print a log line every this many optimizer steps")
+    save_steps: int = _setting("save a resumable checkpoint every this many optimizer steps (the last two are kept)")
+    resume: bool = _setting("continue an interrupted run with the same settings from its newest checkpoint")
+    gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, ~30% slower")
     offline: bool = _setting("use the offline starter kit (Gemma 3 270M + chatterbot corpus) without asking the Hub")
     overwrite: bool = _setting("replace OUTPUT_DIR even if it holds a model trained with other settings")
     trust_remote_code: bool = _setting("allow a model repository to run its own Python code (off by default)")
+
+    # Settings that change how a run is controlled or logged, not what it learns: a re-run or a resume
+    # may change them and still count as the same run.
+    RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps")
 
     @property
     def effective_batch_size(self) -> int:
@@ -53,6 +60,7 @@ class TrainConfig:
             (self.max_length >= 16, "--max-length must be at least 16 tokens"),
             (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
             (self.logging_steps >= 1, "--logging-steps must be at least 1"),
+            (self.save_steps >= 1, "--save-steps must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -189,6 +189,8 @@ def _read_local(path: Path, split: str):
         if path.suffix.lower() not in readers:
             raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet, .csv "
                             "or a folder written by datasets' save_to_disk")
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty: it needs one conversation per record (see README: formats)")
         return datasets.load_dataset(readers[path.suffix.lower()], data_files=str(path), split="train"), "-"
     except UserError:
         raise

@@ -8,6 +8,10 @@ class UserError(Exception):
     """Something wrong with the user's input or environment: printed as a message, never as a traceback."""
 
 
+class Interrupted(Exception):
+    """The user stopped the run with Ctrl-C after it was saved in a resumable state; the message says how."""
+
+
 def first_line(error: Exception) -> str:
     """A library exception's first line: enough to say what went wrong, without pages of detail."""
     text = str(error).strip()
@@ -24,6 +28,9 @@ def exit_on_user_error(main):
         except UserError as error:
             print(f"\nerror: {error}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as stopped:
+            print(f"\n{stopped}", file=sys.stderr)
+            sys.exit(130)
         except KeyboardInterrupt:
             print("\nInterrupted. Nothing half-written was left behind; any earlier model folder is unchanged.",
                   file=sys.stderr)

@@ -44,9 +44,10 @@ class TrainingMetadata:
     eval_loss_before: float | None
     eval_loss: float | None
     trained_tokens_per_epoch: int  # assistant tokens + their end-of-text tokens in the training set
-    tokens_processed: int  # non-padding tokens through the model while training
-    train_seconds: float
-    tokens_per_second: float
+    tokens_processed: int  # non-padding tokens through the model while training (the whole run)
+    resumed_from_step: int | None  # the checkpoint this run continued from, if it was interrupted before
+    train_seconds: float  # of this session (since the resume, if any)
+    tokens_per_second: float  # of this session
     total_seconds: float  # the whole script: loading, tokenizing, training, saving
     # Machine and software
     device: str

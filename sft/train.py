@@ -8,14 +8,15 @@ import dataclasses
 import datetime
 import importlib.metadata
 import math
-import shutil
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import chat_format, data, masking, models, save
 from .config import TrainConfig
-from .errors import UserError
+from .errors import Interrupted, UserError, first_line
 from .metadata import TrainingMetadata
 
 RULE = "=" * 78
@@ -89,6 +90,89 @@ def estimate_cpu_time(trainer, total_tokens: int) -> str:
             if minutes >= 1 else f"under a minute of training ({tokens_per_second:,.0f} tokens/s)")
 
 
+class CtrlC:
+    """While active, the first Ctrl-C only sets `requested` (training then checkpoints and stops after the
+    current step); a second one stops at once, and the newest complete checkpoint still resumes."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again stops at once)...",
+              file=sys.stderr, flush=True)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@contextlib.contextmanager
+def training_errors_explained(config: TrainConfig, device: str, checkpoints: Path):
+    """Out of memory and a full disk, the two ways a good setup still fails, as advice with current values."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        batch, accumulate = config.batch_size, config.gradient_accumulation_steps
+        smaller = (batch // 2, accumulate * 2) if batch % 2 == 0 else (1, accumulate * batch)
+        advice = [f"--batch-size {smaller[0]} --gradient-accumulation-steps {smaller[1]} (the same effective "
+                  f"batch of {config.effective_batch_size})" if batch > 1 else None,
+                  f"--max-length {config.max_length // 2}",
+                  "--gradient-checkpointing" if not config.gradient_checkpointing else None]
+        raise UserError(f"out of memory on {device} with --batch-size {config.batch_size}, "
+                        f"--gradient-accumulation-steps {config.gradient_accumulation_steps}, --max-length "
+                        f"{config.max_length}. Try " + ", or ".join(a for a in advice if a) + ".") from None
+    except OSError as error:
+        raise UserError(f"could not write a checkpoint to {checkpoints}: {error.strerror or first_line(error)} "
+                        "(is the disk full?). Free some space and run the same command again: it resumes from "
+                        "the newest complete checkpoint.") from None
+
+
+def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool):
+    """Our settings in TRL's terms."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=config.gradient_checkpointing,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        max_length=config.max_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=config.logging_steps,
+        # Evaluate before training (the base model's score), at the end of each epoch, and at the end.
+        eval_strategy=("steps" if config.max_steps > 0 else "epoch") if has_eval else "no",
+        eval_steps=config.max_steps if config.max_steps > 0 else None,
+        eval_on_start=has_eval and not resuming,  # a resumed run has its score already
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        disable_tqdm=False,  # keep the progress bar with ETA even though library logging is quieted
+        include_num_input_tokens_seen="non_padding",
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+
+
 def base_model_name(config: TrainConfig, source) -> str:
     from . import offline_kit
 
@@ -101,12 +185,12 @@ def run_training(config: TrainConfig) -> Path:
     quiet_library_chatter()
     import torch
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     output_dir = Path(config.output_dir)
     settings = dataclasses.asdict(config)
-    del settings["overwrite"]
     save.check_output_dir(output_dir, settings, config.overwrite)
+    resume_from = save.find_resume_checkpoint(output_dir, settings, config.resume, config.overwrite)
     set_seed(config.seed)
 
     # 1. Base model and tokenizer, with our chat template
@@ -155,32 +239,11 @@ def run_training(config: TrainConfig) -> Path:
         print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
 
     # 5. Train with TRL's SFTTrainer
-    scratch = save.staging_dir(output_dir)
-    args = SFTConfig(
-        output_dir=str(scratch),
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="linear",
-        max_length=config.max_length,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=config.logging_steps,
-        # Evaluate before training (the base model's score), at the end of each epoch, and at the end.
-        eval_strategy=("steps" if config.max_steps > 0 else "epoch") if eval_set is not None else "no",
-        eval_steps=config.max_steps if config.max_steps > 0 else None,
-        eval_on_start=eval_set is not None,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=False,  # keep the progress bar with ETA even though library logging is quieted
-        include_num_input_tokens_seen="non_padding",
-        seed=config.seed,
-        data_seed=config.seed,
-    )
-    try:  # the trainer's scratch folder is removed whatever happens
+    finished = False
+    try:
+        checkpoints = save.start_checkpoints(output_dir, settings, resuming=resume_from is not None)
+        args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
+                               resuming=resume_from is not None)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                              processing_class=tokenizer)
         timer = {"time": time.time(), "tokens": 0, "step": 0}
@@ -191,33 +254,55 @@ def run_training(config: TrainConfig) -> Path:
                 if line:
                     (self.training_bar.write if self.training_bar is not None else print)(line)
 
-        class StartClock(TrainerCallback):
+        class StartClock(TrainerCallback):  # after a resume, the state holds the steps and tokens done before
             def on_train_begin(self, args, state, control, **kwargs):
-                timer["time"] = time.time()
+                timer.update(time=time.time(), tokens=state.num_input_tokens_seen, step=state.global_step)
+                timer["start_tokens"] = state.num_input_tokens_seen
+
+        ctrl_c = CtrlC()
+
+        class Checkpoints(TrainerCallback):  # on Ctrl-C: save and stop; at the end: none, the model is saved next
+            def on_step_end(self, args, state, control, **kwargs):
+                if ctrl_c.requested:
+                    control.should_save, control.should_evaluate, control.should_training_stop = True, False, True
+                elif state.global_step >= state.max_steps:
+                    control.should_save = False
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                if ctrl_c.requested:
+                    control.should_evaluate = False
 
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(LogLines)
-        trainer.add_callback(StartClock)
+        for callback in (LogLines, StartClock, Checkpoints):
+            trainer.add_callback(callback)
 
         batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
         steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
         total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
-        if device.startswith("cpu"):
+        if device.startswith("cpu") and resume_from is None:
             epochs = total_steps / steps_per_epoch
             print(f"Estimated time on this CPU: {estimate_cpu_time(trainer, int(train_stats['tokens'] * epochs))}.")
+        if resume_from is not None:
+            print(f"\nResuming from {resume_from} (pass --no-resume to start over).")
         print(f"\nTraining: {total_steps} optimizer steps of {config.effective_batch_size} "
               f"conversations ({config.batch_size} x {config.gradient_accumulation_steps} accumulated), "
               f"lr {config.learning_rate:g}, max_length {config.max_length}.\n", flush=True)
 
         train_started = time.time()
-        trainer.train()
+        with ctrl_c, training_errors_explained(config, device, checkpoints):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_seconds = time.time() - train_started
+        if ctrl_c.requested:
+            raise Interrupted(f"Interrupted at step {trainer.state.global_step}/{trainer.state.max_steps}; "
+                              f"checkpoint saved in {save.newest_checkpoint(checkpoints)}.\n"
+                              "Run the same command again to continue from there (--no-resume starts over).")
 
         # 6. Save
         history = trainer.state.log_history
         evals = [e["eval_loss"] for e in history if "eval_loss" in e]
         tokens_processed = int(trainer.state.num_input_tokens_seen)
+        session_tokens = tokens_processed - int(timer.get("start_tokens", 0))
         versions = {name: importlib.metadata.version(name)
                     for name in ("torch", "transformers", "trl", "datasets", "accelerate", "peft")}
         metadata = TrainingMetadata(
@@ -248,8 +333,9 @@ def run_training(config: TrainConfig) -> Path:
             eval_loss=evals[-1] if len(evals) > 1 else None,
             trained_tokens_per_epoch=train_stats["trained_tokens"],
             tokens_processed=tokens_processed,
+            resumed_from_step=int(resume_from.name.removeprefix("checkpoint-")) if resume_from else None,
             train_seconds=round(train_seconds, 2),
-            tokens_per_second=round(tokens_processed / train_seconds, 1) if train_seconds else 0.0,
+            tokens_per_second=round(session_tokens / train_seconds, 1) if train_seconds else 0.0,
             total_seconds=0.0,  # filled just before writing
             device=device,
             precision=precision,
@@ -259,8 +345,9 @@ def run_training(config: TrainConfig) -> Path:
         )
         metadata.total_seconds = round(time.time() - started, 2)
         save.write_model_folder(output_dir, trainer, tokenizer, metadata)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        finished = True
+    finally:  # keep checkpoints only if the run stopped early and one can be resumed
+        save.discard_checkpoints(output_dir, keep_resumable=not finished)
 
     before = f"{metadata.eval_loss_before:.3f}" if metadata.eval_loss_before is not None else "n/a"
     after = f"{metadata.eval_loss:.3f}" if metadata.eval_loss is not None else "n/a"
