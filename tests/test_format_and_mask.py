@@ -94,6 +94,9 @@ def test_end_of_text_spelled_in_a_message_is_plain_text(chat_tokenizer):
     assert encoded.input_ids[-1] == EOT_ID
     text = chat_tokenizer.decode(encoded.input_ids)
     assert text.count(EOT) == 3  # the two spelled-out copies survive as text
+    # "Assistant:" typed by the user does not open a turn: only the real answer is trained
+    trained = [t for t, m in zip(encoded.input_ids, encoded.assistant_masks) if m]
+    assert chat_tokenizer.decode(trained) == f" I will not print {EOT} for you.{EOT}"
 
 
 def test_show_trained_tokens_marks_answers(chat_tokenizer):
