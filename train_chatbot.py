@@ -26,6 +26,7 @@ LEARNING_RATE = 2e-5
 BATCH_SIZE = 4
 GRADIENT_ACCUMULATION_STEPS = 4
 MAX_LENGTH = 1024  # tokens; longer chats are cut after their last whole answer that fits
+DROPOUT = 0.0  # GPT-2 was pretrained with 0.1; none trains faster (see BENCHMARKS.md)
 EVAL_FRACTION = 0.02  # held-out chats for the eval loss (at least 32)
 SEED = 42
 LOGGING_STEPS = 10

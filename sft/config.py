@@ -31,6 +31,8 @@ class TrainConfig:
     batch_size: int = _setting("conversations per forward pass on each device")
     gradient_accumulation_steps: int = _setting("forward passes summed into one optimizer step")
     max_length: int = _setting("longest training sequence in tokens; longer chats are cut at a turn boundary")
+    dropout: float = _setting("dropout probability while training (0 = none, as modern LLMs; GPT-2 was pretrained "
+                              "with 0.1)")
     eval_fraction: float = _setting("share of conversations held out for evaluation (at least 32 when possible)")
     seed: int = _setting("random seed for sampling, the held-out split, and initialisation")
     logging_steps: int = _setting("print a log line every this many optimizer steps")
@@ -58,6 +60,7 @@ class TrainConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
             (self.max_length >= 16, "--max-length must be at least 16 tokens"),
+            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
             (self.logging_steps >= 1, "--logging-steps must be at least 1"),
             (self.save_steps >= 1, "--save-steps must be at least 1"),
@@ -69,6 +72,12 @@ class TrainConfig:
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def config_from_constants(constants: dict, **changes) -> TrainConfig:
+    """A TrainConfig from a script's CONSTANTS (e.g. train_chatbot.py's), with some fields changed."""
+    values = {setting.name: constants[setting.name.upper()] for setting in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, **changes})
 
 
 def parse_config(defaults: dict, argv: list[str] | None = None, description: str | None = None) -> TrainConfig:

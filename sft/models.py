@@ -78,11 +78,21 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         raise _load_error(source, error) from None
 
 
-def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM
+def dropout_overrides(config, dropout: float) -> dict:
+    """from_pretrained keyword arguments that set every dropout probability of `config` to `dropout`."""
+    return {name: dropout for name, value in vars(config).items()
+            if isinstance(value, float) and ("dropout" in name or name.endswith("_pdrop"))}
 
+
+def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False, dropout: float | None = None):
+    """The model; with `dropout`, every dropout probability in its config replaced (None keeps the model's)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = _hub_kwargs(source, trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **_hub_kwargs(source, trust_remote_code))
+        if dropout is not None:
+            kwargs.update(dropout_overrides(AutoConfig.from_pretrained(source.path, **kwargs), dropout))
+        return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
     except Exception as error:
         raise _load_error(source, error) from None
 

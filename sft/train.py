@@ -155,7 +155,9 @@ def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         max_length=config.max_length,
+        train_sampling_strategy="group_by_length",  # chats of similar length together: less padding
         bf16=precision == "bf16",
+        tf32=True if precision == "bf16" else None,  # Ampere or newer: fp32 matmuls outside autocast use TF32
         fp16=precision == "fp16",
         logging_steps=config.logging_steps,
         # Evaluate before training (the base model's score), at the end of each epoch, and at the end.
@@ -185,7 +187,8 @@ def run_training(config: TrainConfig) -> Path:
     quiet_library_chatter()
     import torch
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
-    from trl import SFTTrainer
+
+    from .speed import FastSFTTrainer
 
     output_dir = Path(config.output_dir)
     settings = dataclasses.asdict(config)
@@ -227,7 +230,8 @@ def run_training(config: TrainConfig) -> Path:
 
     # 4. Model and device
     device, precision = pick_device()
-    model = models.load_model(source, dtype=torch.float32, trust_remote_code=config.trust_remote_code)
+    model = models.load_model(source, dtype=torch.float32, trust_remote_code=config.trust_remote_code,
+                              dropout=config.dropout)
     window = models.context_window(model)
     if window and config.max_length > window:
         raise UserError(f"--max-length {config.max_length} is longer than {config.base_model}'s context window "
@@ -244,8 +248,8 @@ def run_training(config: TrainConfig) -> Path:
         checkpoints = save.start_checkpoints(output_dir, settings, resuming=resume_from is not None)
         args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
                                resuming=resume_from is not None)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                             processing_class=tokenizer)
+        trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                 processing_class=tokenizer)
         timer = {"time": time.time(), "tokens": 0, "step": 0}
 
         class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict

