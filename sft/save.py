@@ -6,6 +6,7 @@ OUTPUT_DIR is a standard Hugging Face model folder:
     tokenizer.json, tokenizer_config.json                     tokenizer with the chat template
     training_metadata.json                                    see metadata.py
     loss_curve.png                                            train and eval loss against steps
+    README.md                                                 model card (model_card.py)
 
 Everything is written to a hidden staging folder beside OUTPUT_DIR and renamed into place only when
 complete, so an interrupted run never leaves a half-written model where test_chatbot.py would load it,
@@ -24,6 +25,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import UserError
 from .metadata import TrainingMetadata, read_metadata, write_metadata
+from .model_card import model_card
 
 LOSS_CURVE_FILE = "loss_curve.png"
 RUN_FILE = "run_settings.json"  # marks a checkpoints folder as ours, with the settings of its run
@@ -158,6 +160,7 @@ def write_model_folder(output_dir: Path, trainer, tokenizer, metadata: TrainingM
         plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE,
                         f"SFT of {metadata.base_model} on {metadata.dataset}")
         write_metadata(metadata, staging)
+        (staging / "README.md").write_text(model_card(metadata, tokenizer), encoding="utf-8")
         if output_dir.exists():
             retired = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
             output_dir.rename(retired)

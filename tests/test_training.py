@@ -13,7 +13,7 @@ TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learni
 def test_quick_test_writes_a_complete_model_folder(quick_run):
     out_dir, _ = quick_run
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "loss_curve.png", METADATA_FILE):
+                 "tokenizer_config.json", "loss_curve.png", METADATA_FILE, "README.md"):
         assert (out_dir / name).is_file(), name
     assert not list(out_dir.glob("*.bin")) and not list(out_dir.parent.glob(".chatbot-test*"))
     generation = json.loads((out_dir / "generation_config.json").read_text())
@@ -103,3 +103,23 @@ def test_demo_and_full_scripts_run_into_their_own_folders(tmp_path, tiny_gpt2_di
     assert metadata["num_samples"] + metadata["num_eval_samples"] == 80  # all the fixture has, with a notice
     assert f"only 80 usable conversations: training on {metadata['num_samples']} instead of {requested}" \
         in result.stdout
+
+
+def test_model_card_describes_the_run_and_pipeline_chats_through_the_template(quick_run, tiny_gpt2_dir):
+    from transformers import pipeline
+
+    out_dir, _ = quick_run
+    metadata = json.loads((out_dir / METADATA_FILE).read_text())
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "pipeline_tag: text-generation" in card
+    assert str(tiny_gpt2_dir) in card and metadata["dataset"] in card
+    assert f"{metadata['eval_loss_before']:.3f} before, {metadata['eval_loss']:.3f} after" in card
+    assert "User: What is the capital of France?\nAssistant: The capital of France is Paris.<|endoftext|>" in card
+    assert "licences" in card
+
+    chat = pipeline("text-generation", model=str(out_dir))
+    reply = chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=5, do_sample=False)
+    conversation = reply[0]["generated_text"]
+    assert [m["role"] for m in conversation] == ["user", "assistant"]
+    prompt = chat.tokenizer.apply_chat_template(conversation[:1], add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("\nAssistant:")  # the saved template, not a default one

@@ -1,0 +1,71 @@
+"""README.md of a fine-tuned folder: a Hugging Face model card, written from training_metadata.json."""
+
+from .chat_format import render
+from .metadata import TrainingMetadata
+
+# Licences of the models and data the scripts name; anything else: see its own page.
+KNOWN_LICENCES = {
+    "gpt2": "MIT",
+    "google/gemma-3-270m": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    "EleutherAI/pythia-160m": "Apache-2.0",
+    "EleutherAI/pythia-410m": "Apache-2.0",
+    "HuggingFaceH4/ultrachat_200k": "MIT",
+    "chatterbot-corpus (english)": "BSD-3-Clause",
+}
+EXAMPLE = [{"role": "user", "content": "What is the capital of France?"},
+           {"role": "assistant", "content": "The capital of France is Paris."}]
+
+
+def _licence(name: str) -> str:
+    return KNOWN_LICENCES.get(name, "see its own page")
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def model_card(metadata: TrainingMetadata, tokenizer) -> str:
+    m = metadata
+    return f"""---
+base_model: {m.base_model}
+library_name: transformers
+pipeline_tag: text-generation
+tags: [sft, trl, chat]
+---
+
+# Chat model fine-tuned from {m.base_model}
+
+Supervised fine-tuning (SFT) of `{m.base_model}` on {m.num_samples:,} conversations of `{m.dataset}`,
+so that it answers as the assistant of a `User:` / `Assistant:` chat and then stops.
+
+| | |
+|---|---|
+| base model | `{m.base_model}` ({m.model_parameters / 1e6:.1f}M parameters, from {m.base_model_source}) |
+| data | `{m.dataset}` ({m.dataset_format} format, split `{m.dataset_split}`, from {m.dataset_source}): {m.num_samples:,} training and {m.num_eval_samples:,} held-out conversations |
+| trained tokens | the assistant's answers and their end-of-text token only ({m.trained_tokens_per_epoch:,} per epoch) |
+| training | {m.optimizer_steps} optimizer steps ({m.epochs_completed:g} epochs) of {m.effective_batch_size} conversations ({m.batch_size} x {m.gradient_accumulation_steps} accumulated), learning rate {m.learning_rate:g} (AdamW, linear decay), max length {m.max_length}, seed {m.seed} |
+| held-out loss | {_loss(m.eval_loss_before)} before, {_loss(m.eval_loss)} after (mean cross-entropy per trained token) |
+| final training loss | {_loss(m.final_train_loss)} |
+| machine | {m.device}, {m.precision}, {m.train_seconds:,.0f} s of training |
+| licences | base model: {_licence(m.base_model)}; data: {_licence(m.dataset)} |
+
+All figures are in `training_metadata.json`; `loss_curve.png` plots the losses.
+
+## Chat format
+
+The chat template is saved with the tokenizer, so `apply_chat_template` and `pipeline` use it:
+
+```
+{render(tokenizer, EXAMPLE)}
+```
+
+## Use
+
+```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="PATH/TO/THIS/FOLDER")
+reply = chat([{{"role": "user", "content": "What is the capital of France?"}}], max_new_tokens=60)
+print(reply[0]["generated_text"][-1]["content"])
+```
+"""
