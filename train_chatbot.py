@@ -30,6 +30,7 @@ DROPOUT = 0.0  # GPT-2 was pretrained with 0.1; none trains faster (see BENCHMAR
 EVAL_FRACTION = 0.02  # held-out chats for the eval loss (at least 32)
 SEED = 42
 LOGGING_STEPS = 10
+REPORT_TO = "none"  # or "tensorboard" (pip install tensorboard; logs in ./runs/) or "wandb"
 SAVE_STEPS = 200  # checkpoint for --resume; Ctrl-C also saves one before stopping
 RESUME = True  # re-running an interrupted run continues from its newest checkpoint (--no-resume: start over)
 GRADIENT_CHECKPOINTING = False  # True: less GPU memory, about a third slower

@@ -38,6 +38,8 @@ class TrainConfig:
     logging_steps: int = _setting("print a log line every this many optimizer steps")
     save_steps: int = _setting("save a resumable checkpoint every this many optimizer steps (the last two are kept)")
     resume: bool = _setting("continue an interrupted run with the same settings from its newest checkpoint")
+    report_to: str = _setting("also log to 'tensorboard' (./runs/OUTPUT_DIR name) or 'wandb', installed separately; "
+                              "'none': the console and loss_curve.png only")
     gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, ~30% slower")
     offline: bool = _setting("use the offline starter kit (Gemma 3 270M + chatterbot corpus) without asking the Hub")
     overwrite: bool = _setting("replace OUTPUT_DIR even if it holds a model trained with other settings")
@@ -45,7 +47,7 @@ class TrainConfig:
 
     # Settings that change how a run is controlled or logged, not what it learns: a re-run or a resume
     # may change them and still count as the same run.
-    RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps")
+    RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps", "report_to")
 
     @property
     def effective_batch_size(self) -> int:
@@ -64,6 +66,7 @@ class TrainConfig:
             (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
             (self.logging_steps >= 1, "--logging-steps must be at least 1"),
             (self.save_steps >= 1, "--save-steps must be at least 1"),
+            (self.report_to in ("none", "tensorboard", "wandb"), "--report-to must be none, tensorboard or wandb"),
         ]
         for ok, message in checks:
             if not ok:

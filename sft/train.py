@@ -140,6 +140,23 @@ def training_errors_explained(config: TrainConfig, device: str, checkpoints: Pat
                         "the newest complete checkpoint.") from None
 
 
+def prepare_reporting(config: TrainConfig, output_dir: Path) -> Path | None:
+    """Check that the chosen logger is installed; TensorBoard logs go to ./runs/NAME beside OUTPUT_DIR."""
+    import importlib.util
+    import os
+
+    if config.report_to == "none":
+        return None
+    package = "tensorboard" if config.report_to == "tensorboard" else "wandb"
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"--report-to {config.report_to} needs the {package} package: pip install {package}")
+    if config.report_to != "tensorboard":
+        return None
+    runs = output_dir.parent / "runs" / output_dir.name
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(runs)  # where transformers' TensorBoard callback writes
+    return runs
+
+
 def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool):
     """Our settings in TRL's terms."""
     from trl import SFTConfig
@@ -167,7 +184,7 @@ def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
-        report_to="none",
+        report_to=config.report_to,
         disable_tqdm=False,  # keep the progress bar with ETA even though library logging is quieted
         include_num_input_tokens_seen="non_padding",
         seed=config.seed,
@@ -194,6 +211,7 @@ def run_training(config: TrainConfig) -> Path:
     settings = dataclasses.asdict(config)
     save.check_output_dir(output_dir, settings, config.overwrite)
     resume_from = save.find_resume_checkpoint(output_dir, settings, config.resume, config.overwrite)
+    tensorboard_dir = prepare_reporting(config, output_dir)
     set_seed(config.seed)
 
     # 1. Base model and tokenizer, with our chat template
@@ -357,7 +375,8 @@ def run_training(config: TrainConfig) -> Path:
     after = f"{metadata.eval_loss:.3f}" if metadata.eval_loss is not None else "n/a"
     banner(f"Done in {metadata.total_seconds / 60:.1f} min. Held-out loss: {before} (base) -> {after} "
            f"(fine-tuned).\nModel saved to {output_dir}/ with training_metadata.json and loss_curve.png.\n"
-           f"Compare with the base model:  python test_chatbot.py --mode compare --model {output_dir}")
+           f"Compare with the base model:  python test_chatbot.py --mode compare --model {output_dir}"
+           + (f"\nTensorBoard:  tensorboard --logdir {tensorboard_dir.parent}" if tensorboard_dir else ""))
     return output_dir
 
 

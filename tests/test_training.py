@@ -123,3 +123,22 @@ def test_model_card_describes_the_run_and_pipeline_chats_through_the_template(qu
     assert [m["role"] for m in conversation] == ["user", "assistant"]
     prompt = chat.tokenizer.apply_chat_template(conversation[:1], add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("\nAssistant:")  # the saved template, not a default one
+
+
+def test_report_to_tensorboard_logs_losses_beside_the_output(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    out_dir = tmp_path / "out"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--report-to", "tensorboard"),
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = list((tmp_path / "runs" / "out").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"train/loss" in events[0].read_bytes() and b"eval/loss" in events[0].read_bytes()
+    assert (out_dir / "loss_curve.png").is_file()  # still written
+
+
+def test_report_to_a_logger_that_is_not_installed(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--report-to", "wandb"))
+    assert result.returncode == 2 and "needs the wandb package: pip install wandb" in result.stderr
