@@ -38,6 +38,10 @@ class TrainConfig:
     logging_steps: int = _setting("print a log line every this many optimizer steps")
     save_steps: int = _setting("save a resumable checkpoint every this many optimizer steps (the last two are kept)")
     resume: bool = _setting("continue an interrupted run with the same settings from its newest checkpoint")
+    lora: bool = _setting("train LoRA adapters on every linear layer instead of all weights (saved merged, and as "
+                          "an adapter in OUTPUT_DIR/adapter)")
+    lora_rank: int = _setting("LoRA rank r: the size of each adapter")
+    lora_alpha: int = _setting("LoRA alpha: adapters are scaled by alpha / r")
     report_to: str = _setting("also log to 'tensorboard' (./runs/OUTPUT_DIR name) or 'wandb', installed separately; "
                               "'none': the console and loss_curve.png only")
     gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, ~30% slower")
@@ -63,6 +67,7 @@ class TrainConfig:
             (self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
             (self.max_length >= 16, "--max-length must be at least 16 tokens"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
+            (self.lora_rank >= 1 and self.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1"),
             (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
             (self.logging_steps >= 1, "--logging-steps must be at least 1"),
             (self.save_steps >= 1, "--save-steps must be at least 1"),

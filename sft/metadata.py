@@ -37,6 +37,7 @@ class TrainingMetadata:
     effective_batch_size: int
     max_steps: int
     seed: int
+    lora: dict | None  # rank, alpha, target modules, trainable parameters; None: every weight was trained
     # Results (losses are mean cross-entropy per trained token, in nats)
     optimizer_steps: int
     epochs_completed: float

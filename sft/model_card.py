@@ -24,6 +24,14 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _method(m: TrainingMetadata) -> str:
+    if not m.lora:
+        return "full fine-tuning: every weight trained"
+    return (f"LoRA, rank {m.lora['rank']}, alpha {m.lora['alpha']}, on {', '.join(m.lora['target_modules'])} "
+            f"({m.lora['trainable_parameters']:,} trainable parameters); merged into these weights, the adapter "
+            "alone in `adapter/`")
+
+
 def model_card(metadata: TrainingMetadata, tokenizer) -> str:
     m = metadata
     return f"""---
@@ -42,6 +50,7 @@ so that it answers as the assistant of a `User:` / `Assistant:` chat and then st
 |---|---|
 | base model | `{m.base_model}` ({m.model_parameters / 1e6:.1f}M parameters, from {m.base_model_source}) |
 | data | `{m.dataset}` ({m.dataset_format} format, split `{m.dataset_split}`, from {m.dataset_source}): {m.num_samples:,} training and {m.num_eval_samples:,} held-out conversations |
+| method | {_method(m)} |
 | trained tokens | the assistant's answers and their end-of-text token only ({m.trained_tokens_per_epoch:,} per epoch) |
 | training | {m.optimizer_steps} optimizer steps ({m.epochs_completed:g} epochs) of {m.effective_batch_size} conversations ({m.batch_size} x {m.gradient_accumulation_steps} accumulated), learning rate {m.learning_rate:g} (AdamW, linear decay), max length {m.max_length}, seed {m.seed} |
 | held-out loss | {_loss(m.eval_loss_before)} before, {_loss(m.eval_loss)} after (mean cross-entropy per trained token) |

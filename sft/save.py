@@ -7,6 +7,7 @@ OUTPUT_DIR is a standard Hugging Face model folder:
     training_metadata.json                                    see metadata.py
     loss_curve.png                                            train and eval loss against steps
     README.md                                                 model card (model_card.py)
+    adapter/                                                  with --lora: the LoRA adapter alone (PEFT)
 
 Everything is written to a hidden staging folder beside OUTPUT_DIR and renamed into place only when
 complete, so an interrupted run never leaves a half-written model where test_chatbot.py would load it,
@@ -28,6 +29,7 @@ from .metadata import TrainingMetadata, read_metadata, write_metadata
 from .model_card import model_card
 
 LOSS_CURVE_FILE = "loss_curve.png"
+ADAPTER_DIR = "adapter"
 RUN_FILE = "run_settings.json"  # marks a checkpoints folder as ours, with the settings of its run
 
 
@@ -151,10 +153,13 @@ def write_model_folder(output_dir: Path, trainer, tokenizer, metadata: TrainingM
     """Save model, tokenizer, metadata and plot into staging, then swap it into output_dir."""
     staging = staging_dir(output_dir)
     model = trainer.model
-    # Generation stops at end-of-text, the token that closes every answer in training.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     try:
+        if hasattr(model, "merge_and_unload"):  # LoRA: keep the adapter, and save the model with it merged in
+            model.save_pretrained(staging / ADAPTER_DIR)
+            model = model.merge_and_unload()
+        # Generation stops at end-of-text, the token that closes every answer in training.
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(staging)  # safetensors weights, config.json, generation_config.json
         tokenizer.save_pretrained(staging)  # with the chat template (chat_template.jinja)
         plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE,

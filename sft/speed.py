@@ -23,6 +23,11 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
                      "logits_scaling")
 
 
+def causal_lm(model):
+    """The transformers model itself, also when PEFT has wrapped it with LoRA adapters."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def label_only_logits_possible(model) -> bool:
     """Whether the plain head (hidden states x output embeddings) gives the model's logits: no softcap or scale."""
     text_config = model.config.get_text_config()
@@ -64,9 +69,9 @@ class FastSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         if (return_outputs or labels is None or self.accelerator.device.type == "cuda"
-                or not label_only_logits_possible(self.accelerator.unwrap_model(model))):
+                or not label_only_logits_possible(causal_lm(self.accelerator.unwrap_model(model)))):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = causal_lm(self.accelerator.unwrap_model(model))
         targets = labels[:, 1:]
         mask = targets != -100  # position t predicts token t+1
         if int(mask.sum()) * unwrapped.get_output_embeddings().weight.shape[0] > MAX_LABEL_LOGITS:

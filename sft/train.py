@@ -38,6 +38,8 @@ def quiet_library_chatter() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*Conv1D")  # PEFT handles GPT-2's Conv1D itself
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
 
 
 def pick_device():
@@ -157,6 +159,25 @@ def prepare_reporting(config: TrainConfig, output_dir: Path) -> Path | None:
     return runs
 
 
+def lora_config(config: TrainConfig):
+    """PEFT's LoRA settings: adapters on every linear layer (GPT-2's fused Conv1D projections included)."""
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def lora_summary(model, config: TrainConfig) -> dict | None:
+    if not config.lora:
+        return None
+    targets = sorted({name.split(".")[-1] for name in model.peft_config["default"].target_modules})
+    return {"rank": config.lora_rank, "alpha": config.lora_alpha, "target_modules": targets,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "saved": "merged into the weights of this folder; the adapter alone in adapter/"}
+
+
 def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool):
     """Our settings in TRL's terms."""
     from trl import SFTConfig
@@ -267,7 +288,11 @@ def run_training(config: TrainConfig) -> Path:
         args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
                                resuming=resume_from is not None)
         trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                 processing_class=tokenizer)
+                                 processing_class=tokenizer, peft_config=lora_config(config))
+        if config.lora:
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            print(f"LoRA: rank {config.lora_rank}, alpha {config.lora_alpha}, on every linear layer: "
+                  f"{trainable / 1e6:.2f}M trainable parameters ({trainable / parameters:.2%} of the model).")
         timer = {"time": time.time(), "tokens": 0, "step": 0}
 
         class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict
@@ -348,6 +373,7 @@ def run_training(config: TrainConfig) -> Path:
             effective_batch_size=config.effective_batch_size,
             max_steps=config.max_steps,
             seed=config.seed,
+            lora=lora_summary(trainer.model, config),
             optimizer_steps=trainer.state.global_step,
             epochs_completed=round(trainer.state.epoch or 0, 4),
             final_train_loss=next((e["loss"] for e in reversed(history) if "loss" in e), None),
