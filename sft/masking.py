@@ -75,18 +75,41 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
     return EncodedChat(input_ids[:keep], mask[:keep], truncated=keep < answer_ends[-1])
 
 
-def tokenize_chats(tokenizer, conversations, max_length):
-    """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report."""
+PARALLEL_FROM = 2000  # chats; below this, starting worker processes costs more than it saves
+
+
+def _encode_row(row, tokenizer, max_length):
+    encoded = encode_chat(tokenizer, row["messages"], max_length)
+    if encoded is None:
+        return {"input_ids": [], "assistant_masks": [], "truncated": False}
+    return {"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks,
+            "truncated": encoded.truncated}
+
+
+def tokenize_chats(tokenizer, conversations, max_length, workers: int | None = None):
+    """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report.
+
+    Many chats are encoded by several processes (datasets.map), in the same order."""
+    import os
+
     from datasets import Dataset
 
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if len(conversations) >= PARALLEL_FROM else 1
+    kwargs = {"tokenizer": tokenizer, "max_length": max_length}
+    if workers > 1:
+        table = Dataset.from_dict({"messages": list(conversations)})
+        encoded = table.map(_encode_row, fn_kwargs=kwargs, num_proc=workers, remove_columns=["messages"])
+        encoded = encoded.to_list()
+    else:
+        encoded = [_encode_row({"messages": messages}, **kwargs) for messages in conversations]
     rows, dropped, truncated = [], 0, 0
-    for messages in conversations:
-        encoded = encode_chat(tokenizer, messages, max_length)
-        if encoded is None:
+    for row in encoded:
+        if not row["input_ids"]:
             dropped += 1
             continue
-        truncated += encoded.truncated
-        rows.append({"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks})
+        truncated += row["truncated"]
+        rows.append({"input_ids": row["input_ids"], "assistant_masks": row["assistant_masks"]})
     stats = {"dropped": dropped, "truncated": truncated,
              "tokens": sum(len(r["input_ids"]) for r in rows),
              "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}

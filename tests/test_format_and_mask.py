@@ -116,3 +116,10 @@ def test_models_that_start_with_bos_get_it_first(gpt2_tokenizer):
     assert encoded.input_ids[0] == tokenizer.bos_token_id and encoded.assistant_masks[0] == 0
     assert encoded.input_ids == tokenizer.apply_chat_template(CHAT[:2], tokenize=True, return_dict=False)
 
+
+
+def test_parallel_tokenization_gives_the_same_dataset(chat_tokenizer):
+    chats = [CHAT, CHAT[:2], [{"role": "user", "content": "x " * 600}, {"role": "assistant", "content": "y"}]] * 4
+    one, one_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=1)
+    two, two_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=2)
+    assert one.to_list() == two.to_list() and one_stats == two_stats and one_stats["dropped"] == 4
