@@ -110,12 +110,11 @@ def load_workload(name: str, conversations: int, tiny: bool):
 
 def fresh_model(source, dropout: float | None):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
     if isinstance(source, str):
-        kwargs = {} if dropout is None else models.dropout_overrides(
-            AutoModelForCausalLM.from_pretrained(source).config, dropout)
+        kwargs = {} if dropout is None else models.dropout_overrides(AutoConfig.from_pretrained(source), dropout)
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     config = source.__class__(**{**source.to_dict(), **({} if dropout is None
                                                           else models.dropout_overrides(source, dropout))})
