@@ -195,14 +195,15 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     """Train for warm-up + measured steps (or the whole run) and return the figures."""
     import torch
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from sft import speed
+    from sft.speed import FastSFTTrainer
     from sft.config import config_from_constants
     from sft.train import make_sft_config
 
     naive = name == "naive"
-    model = fresh_model(source, None if naive or "dropout" in variant else 0.0)
+    model = fresh_model(source, None if naive or variant == "with dropout" else 0.0)
     parameters = sum(p.numel() for p in model.parameters())
     text_config = model.config.get_text_config()
     layers, width = text_config.num_hidden_layers, text_config.hidden_size
@@ -229,9 +230,9 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
         sft_args = make_sft_config(config, out_dir, precision, has_eval=False, resuming=False)
         sft_args.disable_tqdm = True
-        if "grouping" in variant:
+        if variant == "without length grouping":
             sft_args.train_sampling_strategy = "random"
-        trainer_class = speed.SFTTrainer if "label-only" in variant else speed.FastSFTTrainer
+        trainer_class = SFTTrainer if variant == "without label-only head" else FastSFTTrainer
         trainer = trainer_class(model=model, args=sft_args, train_dataset=train_set, processing_class=tokenizer)
         trainer.data_collator = recording(trainer.data_collator, batches)
 
@@ -258,7 +259,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     positions, attention = sum(batches.positions), sum(batches.attention)
     flops = 6 * parameters * tokens + 12 * layers * width * attention
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
-    return {"configuration": name + (f" ({variant})" if variant else ""), "steps": steps_measured,
+    return {"configuration": f"{name} {variant}".strip(), "steps": steps_measured,
             "s_per_step": seconds / steps_measured, "trained_tok_s": trained / seconds,
             "tok_s": tokens / seconds, "padding": 1 - tokens / positions, "flops": flops / seconds,
             "peak_gib": peak, "wall_s": wall, "parameters": parameters}
@@ -343,10 +344,8 @@ def main(argv=None):
         rows = []
         for name, variant in configurations:
             with tempfile.TemporaryDirectory() as out_dir:
-                rows.append(run_configuration(name, variant.replace("with dropout", "dropout").replace(
-                    "without label-only head", "label-only").replace("without length grouping", "grouping"),
-                    source, tokenizer, train_set, run_args, device, Path(out_dir)))
-            rows[-1]["configuration"] = name + (f" {variant}" if variant else "")
+                rows.append(run_configuration(name, variant, source, tokenizer, train_set, run_args, device,
+                                              Path(out_dir)))
             print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
         print()
         print_table(rows, peak_rate, device)

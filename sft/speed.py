@@ -68,10 +68,10 @@ class FastSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
-        if (return_outputs or labels is None or self.accelerator.device.type == "cuda"
-                or not label_only_logits_possible(causal_lm(self.accelerator.unwrap_model(model)))):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         unwrapped = causal_lm(self.accelerator.unwrap_model(model))
+        if (return_outputs or labels is None or self.accelerator.device.type == "cuda"
+                or not label_only_logits_possible(unwrapped)):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         targets = labels[:, 1:]
         mask = targets != -100  # position t predicts token t+1
         if int(mask.sum()) * unwrapped.get_output_embeddings().weight.shape[0] > MAX_LABEL_LOGITS:

@@ -289,9 +289,10 @@ def run_training(config: TrainConfig) -> Path:
                                resuming=resume_from is not None)
         trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                  processing_class=tokenizer, peft_config=lora_config(config))
-        if config.lora:
-            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-            print(f"LoRA: rank {config.lora_rank}, alpha {config.lora_alpha}, on every linear layer: "
+        lora = lora_summary(trainer.model, config)
+        if lora:
+            trainable = lora["trainable_parameters"]
+            print(f"LoRA: rank {lora['rank']}, alpha {lora['alpha']}, on {', '.join(lora['target_modules'])}: "
                   f"{trainable / 1e6:.2f}M trainable parameters ({trainable / parameters:.2%} of the model).")
         timer = {"time": time.time(), "tokens": 0, "step": 0}
 
@@ -373,7 +374,7 @@ def run_training(config: TrainConfig) -> Path:
             effective_batch_size=config.effective_batch_size,
             max_steps=config.max_steps,
             seed=config.seed,
-            lora=lora_summary(trainer.model, config),
+            lora=lora,
             optimizer_steps=trainer.state.global_step,
             epochs_completed=round(trainer.state.epoch or 0, 4),
             final_train_loss=next((e["loss"] for e in reversed(history) if "loss" in e), None),
