@@ -27,6 +27,7 @@ BATCH_SIZE = 4
 GRADIENT_ACCUMULATION_STEPS = 4
 MAX_LENGTH = 1024  # tokens; longer chats are cut after their last whole answer that fits
 LORA = False  # True: train small adapters (LoRA) instead of every weight; less memory, bigger models
+QLORA = False  # True: LoRA on the base model held in 4 bits (NVIDIA GPU + pip install bitsandbytes)
 LORA_RANK = 16
 LORA_ALPHA = 32
 DROPOUT = 0.0  # GPT-2 was pretrained with 0.1; none trains faster (see BENCHMARKS.md)

@@ -40,6 +40,7 @@ class TrainConfig:
     resume: bool = _setting("continue an interrupted run with the same settings from its newest checkpoint")
     lora: bool = _setting("train LoRA adapters on every linear layer instead of all weights (saved merged, and as "
                           "an adapter in OUTPUT_DIR/adapter)")
+    qlora: bool = _setting("LoRA on the base model loaded in 4 bits (bitsandbytes, NVIDIA GPU only): the least memory")
     lora_rank: int = _setting("LoRA rank r: the size of each adapter")
     lora_alpha: int = _setting("LoRA alpha: adapters are scaled by alpha / r")
     report_to: str = _setting("also log to 'tensorboard' (./runs/OUTPUT_DIR name) or 'wandb', installed separately; "
@@ -52,6 +53,10 @@ class TrainConfig:
     # Settings that change how a run is controlled or logged, not what it learns: a re-run or a resume
     # may change them and still count as the same run.
     RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps", "report_to")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora or self.qlora
 
     @property
     def effective_batch_size(self) -> int:

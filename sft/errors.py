@@ -18,6 +18,13 @@ def first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _process_label() -> str:
+    """'[process 3] ' in the other processes of a multi-GPU run (their errors print too: one may be theirs alone)."""
+    from .distributed import is_main_process, rank
+
+    return "" if is_main_process() else f"[process {rank()}] "
+
+
 def exit_on_user_error(main):
     """Run `main`; a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C a short note and 130."""
 
@@ -26,7 +33,7 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"\nerror: {error}", file=sys.stderr)
+            print(f"\n{_process_label()}error: {error}", file=sys.stderr)
             sys.exit(2)
         except Interrupted as stopped:
             print(f"\n{stopped}", file=sys.stderr)

@@ -94,8 +94,11 @@ def tokenize_chats(tokenizer, conversations, max_length, workers: int | None = N
 
     from datasets import Dataset
 
+    from .distributed import processes_on_this_machine
+
     if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if len(conversations) >= PARALLEL_FROM else 1
+        cores = (os.cpu_count() or 1) // processes_on_this_machine()  # training processes share the cores
+        workers = max(1, min(cores, 8)) if len(conversations) >= PARALLEL_FROM else 1
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     if workers > 1:
         table = Dataset.from_dict({"messages": list(conversations)})

@@ -34,7 +34,8 @@ class TrainingMetadata:
     max_length: int
     batch_size: int
     gradient_accumulation_steps: int
-    effective_batch_size: int
+    effective_batch_size: int  # conversations per optimizer step, over all processes
+    num_processes: int  # training processes (GPUs) under accelerate launch; 1 otherwise
     max_steps: int
     seed: int
     lora: dict | None  # rank, alpha, target modules, trainable parameters; None: every weight was trained

@@ -27,9 +27,14 @@ def _loss(value: float | None) -> str:
 def _method(m: TrainingMetadata) -> str:
     if not m.lora:
         return "full fine-tuning: every weight trained"
-    return (f"LoRA, rank {m.lora['rank']}, alpha {m.lora['alpha']}, on {', '.join(m.lora['target_modules'])} "
-            f"({m.lora['trainable_parameters']:,} trainable parameters); merged into these weights, the adapter "
-            "alone in `adapter/`")
+    kind = "QLoRA (LoRA on the base held in 4-bit NF4)" if m.settings.get("qlora") else "LoRA"
+    return (f"{kind}, rank {m.lora['rank']}, alpha {m.lora['alpha']}, on {', '.join(m.lora['target_modules'])} "
+            f"({m.lora['trainable_parameters']:,} trainable parameters); {m.lora['saved']}")
+
+
+def _batch(m: TrainingMetadata) -> str:
+    processes = f" x {m.num_processes} processes" if m.num_processes > 1 else ""
+    return f"{m.batch_size} x {m.gradient_accumulation_steps} accumulated{processes}"
 
 
 def model_card(metadata: TrainingMetadata, tokenizer) -> str:
@@ -52,7 +57,7 @@ so that it answers as the assistant of a `User:` / `Assistant:` chat and then st
 | data | `{m.dataset}` ({m.dataset_format} format, split `{m.dataset_split}`, from {m.dataset_source}): {m.num_samples:,} training and {m.num_eval_samples:,} held-out conversations |
 | method | {_method(m)} |
 | trained tokens | the assistant's answers and their end-of-text token only ({m.trained_tokens_per_epoch:,} per epoch) |
-| training | {m.optimizer_steps} optimizer steps ({m.epochs_completed:g} epochs) of {m.effective_batch_size} conversations ({m.batch_size} x {m.gradient_accumulation_steps} accumulated), learning rate {m.learning_rate:g} (AdamW, linear decay), max length {m.max_length}, seed {m.seed} |
+| training | {m.optimizer_steps} optimizer steps ({m.epochs_completed:g} epochs) of {m.effective_batch_size} conversations ({_batch(m)}), learning rate {m.learning_rate:g} (AdamW, linear decay), max length {m.max_length}, seed {m.seed} |
 | held-out loss | {_loss(m.eval_loss_before)} before, {_loss(m.eval_loss)} after (mean cross-entropy per trained token) |
 | final training loss | {_loss(m.final_train_loss)} |
 | machine | {m.device}, {m.precision}, {m.train_seconds:,.0f} s of training |

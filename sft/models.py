@@ -84,17 +84,56 @@ def dropout_overrides(config, dropout: float) -> dict:
             if isinstance(value, float) and ("dropout" in name or name.endswith("_pdrop"))}
 
 
-def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False, dropout: float | None = None):
-    """The model; with `dropout`, every dropout probability in its config replaced (None keeps the model's)."""
+def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False, dropout: float | None = None,
+               quantization=None):
+    """The model; with `dropout`, every dropout probability in its config replaced (None keeps the model's);
+    with `quantization` (four_bit_config), its linear layers held in 4 bits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = _hub_kwargs(source, trust_remote_code)
     try:
         if dropout is not None:
             kwargs.update(dropout_overrides(AutoConfig.from_pretrained(source.path, **kwargs), dropout))
-        return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, quantization_config=quantization,
+                                                    **kwargs)
     except Exception as error:
         raise _load_error(source, error) from None
+
+
+def qlora_unavailable(device: str) -> str | None:
+    """Why --qlora cannot run here, or None: bitsandbytes' 4-bit training is made for NVIDIA GPUs."""
+    import importlib.util
+
+    if not device.startswith("cuda"):
+        return (f"--qlora loads the base model in 4 bits with bitsandbytes, which needs an NVIDIA GPU (CUDA); "
+                f"this machine trains on {device}. Use --lora instead: the same adapters on the full-precision "
+                "model.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "--qlora needs the bitsandbytes package: pip install bitsandbytes"
+    return None
+
+
+def four_bit_config(compute_dtype):
+    """QLoRA's recipe: NF4 weights, their scales quantized too, matmuls in `compute_dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def merge_adapter(peft_model, full_precision_base=None):
+    """The model with its LoRA adapter merged into the weights.
+
+    After QLoRA the base in memory is 4-bit, and merging there would round every merged weight to 4 bits:
+    the adapter is merged into `full_precision_base`, a freshly loaded copy of the base, instead.
+    """
+    if full_precision_base is None:
+        return peft_model.merge_and_unload()
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    fresh = get_peft_model(full_precision_base, peft_model.peft_config["default"])
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(peft_model))
+    return fresh.merge_and_unload()
 
 
 def best_device() -> str:

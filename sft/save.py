@@ -7,7 +7,7 @@ OUTPUT_DIR is a standard Hugging Face model folder:
     training_metadata.json                                    see metadata.py
     loss_curve.png                                            train and eval loss against steps
     README.md                                                 model card (model_card.py)
-    adapter/                                                  with --lora: the LoRA adapter alone (PEFT)
+    adapter/                                                  with --lora/--qlora: the adapter alone (PEFT)
 
 Everything is written to a hidden staging folder beside OUTPUT_DIR and renamed into place only when
 complete, so an interrupted run never leaves a half-written model where test_chatbot.py would load it,
@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .errors import UserError
 from .metadata import TrainingMetadata, read_metadata, write_metadata
 from .model_card import model_card
+from .models import merge_adapter
 
 LOSS_CURVE_FILE = "loss_curve.png"
 ADAPTER_DIR = "adapter"
@@ -149,18 +150,23 @@ def plot_loss_curve(log_history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_model_folder(output_dir: Path, trainer, tokenizer, metadata: TrainingMetadata) -> None:
-    """Save model, tokenizer, metadata and plot into staging, then swap it into output_dir."""
+def write_model_folder(output_dir: Path, trainer, tokenizer, metadata: TrainingMetadata,
+                       state_dict: dict | None = None, full_precision_base=None) -> None:
+    """Save model, tokenizer, metadata and plot into staging, then swap it into output_dir.
+
+    `state_dict`: the full weights, when they were sharded over several processes (FSDP, DeepSpeed).
+    `full_precision_base`: after QLoRA, a function loading the base unquantized, to merge the adapter into.
+    """
     staging = staging_dir(output_dir)
     model = trainer.model
     try:
         if hasattr(model, "merge_and_unload"):  # LoRA: keep the adapter, and save the model with it merged in
             model.save_pretrained(staging / ADAPTER_DIR)
-            model = model.merge_and_unload()
+            model = merge_adapter(model, full_precision_base() if full_precision_base else None)
         # Generation stops at end-of-text, the token that closes every answer in training.
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(staging)  # safetensors weights, config.json, generation_config.json
+        model.save_pretrained(staging, state_dict=state_dict)  # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(staging)  # with the chat template (chat_template.jinja)
         plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE,
                         f"SFT of {metadata.base_model} on {metadata.dataset}")

@@ -69,8 +69,9 @@ class FastSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         unwrapped = causal_lm(self.accelerator.unwrap_model(model))
+        # Several processes: the forward pass must go through DDP's wrapper, which syncs the gradients.
         if (return_outputs or labels is None or self.accelerator.device.type == "cuda"
-                or not label_only_logits_possible(unwrapped)):
+                or self.accelerator.num_processes > 1 or not label_only_logits_possible(unwrapped)):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         targets = labels[:, 1:]
         mask = targets != -100  # position t predicts token t+1

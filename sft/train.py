@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import chat_format, data, masking, models, save
+from . import chat_format, data, distributed, masking, models, save
 from .config import TrainConfig
 from .errors import Interrupted, UserError, first_line
 from .metadata import TrainingMetadata
@@ -28,6 +28,7 @@ def banner(text: str) -> None:
 
 def quiet_library_chatter() -> None:
     """Hide progress bars and warnings that say nothing a learner can act on."""
+    import logging
     import warnings
 
     import datasets
@@ -35,6 +36,7 @@ def quiet_library_chatter() -> None:
 
     datasets.disable_progress_bars()  # tokenized data is small; our own lines say what happened
     transformers.logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional CPU kernel download, when installed
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")
@@ -47,11 +49,15 @@ def pick_device():
     import torch
 
     device = models.best_device()
+    processes = distributed.num_processes()
     if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(0)})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        per_gpu = f", {processes} processes" if processes > 1 else ""
+        return f"cuda ({torch.cuda.get_device_name(0)}{per_gpu})", precision
     if device == "mps":
         return "mps", "fp32"  # autocast on MPS is not reliable for training yet
-    return f"cpu ({torch.get_num_threads()} threads)", "fp32"
+    threads = f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+    return f"cpu ({f'{processes} processes x ' if processes > 1 else ''}{threads})", "fp32"
 
 
 def log_line(state, logs: dict, timer: dict) -> str | None:
@@ -72,8 +78,8 @@ def log_line(state, logs: dict, timer: dict) -> str | None:
     return line
 
 
-def estimate_cpu_time(trainer, total_tokens: int) -> str:
-    """Time one forward+backward pass on a real batch and scale it to the whole run."""
+def estimate_cpu_time(trainer, total_tokens: int, processes: int) -> str:
+    """Time one forward+backward pass on a real batch and scale it to the whole run (shared by the processes)."""
     import torch
 
     model = trainer.model
@@ -86,7 +92,7 @@ def estimate_cpu_time(trainer, total_tokens: int) -> str:
         seconds.append(time.time() - started)
     model.zero_grad(set_to_none=True)
     torch.manual_seed(trainer.args.seed)
-    tokens_per_second = int(batch["attention_mask"].sum()) / seconds[-1]
+    tokens_per_second = int(batch["attention_mask"].sum()) / seconds[-1] * processes
     minutes = total_tokens / tokens_per_second / 60
     return (f"about {minutes:,.0f} min of training ({tokens_per_second:,.0f} tokens/s measured on one batch)"
             if minutes >= 1 else f"under a minute of training ({tokens_per_second:,.0f} tokens/s)")
@@ -161,7 +167,7 @@ def prepare_reporting(config: TrainConfig, output_dir: Path) -> Path | None:
 
 def lora_config(config: TrainConfig):
     """PEFT's LoRA settings: adapters on every linear layer (GPT-2's fused Conv1D projections included)."""
-    if not config.lora:
+    if not config.uses_lora:
         return None
     from peft import LoraConfig
 
@@ -170,19 +176,25 @@ def lora_config(config: TrainConfig):
 
 
 def lora_summary(model, config: TrainConfig) -> dict | None:
-    if not config.lora:
+    if not config.uses_lora:
         return None
     targets = sorted({name.split(".")[-1] for name in model.peft_config["default"].target_modules})
     return {"rank": config.lora_rank, "alpha": config.lora_alpha, "target_modules": targets,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "saved": "merged into the weights of this folder; the adapter alone in adapter/"}
+            "base_weights": "4-bit NF4 while training (QLoRA, bitsandbytes)" if config.qlora else "as loaded",
+            "saved": ("merged into the unquantized base" if config.qlora else "merged into the weights")
+                     + " saved in this folder; the adapter alone in adapter/"}
 
 
-def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool):
+def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool,
+                    on_cpu: bool = False):
     """Our settings in TRL's terms."""
     from trl import SFTConfig
 
     return SFTConfig(
+        use_cpu=on_cpu,  # several processes without a GPU form a CPU (gloo) group only when asked to
+        ddp_find_unused_parameters=False,  # every weight of a causal LM takes part in each step: skip the search
+        log_level_replica="error",  # the other processes' library warnings repeat the main one's
         output_dir=str(checkpoints),
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps if config.max_steps > 0 else -1,
@@ -230,6 +242,13 @@ def run_training(config: TrainConfig) -> Path:
 
     output_dir = Path(config.output_dir)
     settings = dataclasses.asdict(config)
+    processes, main_process = distributed.num_processes(), distributed.is_main_process()
+    if config.qlora and (reason := models.qlora_unavailable(pick_device()[0])):
+        raise UserError(reason)
+    if config.uses_lora and distributed.sharded():
+        raise UserError(f"{'--qlora' if config.qlora else '--lora'} under {distributed.sharded()} is not supported "
+                        "here: LoRA's adapters are small enough to copy to every GPU, so launch with configs/ddp.yaml "
+                        "instead")
     save.check_output_dir(output_dir, settings, config.overwrite)
     resume_from = save.find_resume_checkpoint(output_dir, settings, config.resume, config.overwrite)
     tensorboard_dir = prepare_reporting(config, output_dir)
@@ -269,13 +288,17 @@ def run_training(config: TrainConfig) -> Path:
 
     # 4. Model and device
     device, precision = pick_device()
-    model = models.load_model(source, dtype=torch.float32, trust_remote_code=config.trust_remote_code,
-                              dropout=config.dropout)
+    # Weights in fp32 (mixed precision computes in bf16/fp16); with QLoRA, linear layers in 4 bits, the rest
+    # in the compute precision, as in the QLoRA paper.
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model = models.load_model(source, dtype=compute_dtype if config.qlora else torch.float32,
+                              trust_remote_code=config.trust_remote_code, dropout=config.dropout,
+                              quantization=models.four_bit_config(compute_dtype) if config.qlora else None)
     window = models.context_window(model)
     if window and config.max_length > window:
         raise UserError(f"--max-length {config.max_length} is longer than {config.base_model}'s context window "
                         f"({window} tokens): use --max-length {window} or less")
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = model.num_parameters()  # 4-bit weights count once each, not as packed bytes
     print(f"\nModel: {base_model_name(config, source)} [{source.kind}], {parameters / 1e6:.1f}M parameters, "
           f"on {device}, {precision}.")
     if device.startswith("cpu"):
@@ -284,16 +307,18 @@ def run_training(config: TrainConfig) -> Path:
     # 5. Train with TRL's SFTTrainer
     finished = False
     try:
-        checkpoints = save.start_checkpoints(output_dir, settings, resuming=resume_from is not None)
+        checkpoints = (save.start_checkpoints(output_dir, settings, resuming=resume_from is not None)
+                       if main_process else save.checkpoints_dir(output_dir))
         args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
-                               resuming=resume_from is not None)
+                               resuming=resume_from is not None, on_cpu=device.startswith("cpu"))
         trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                  processing_class=tokenizer, peft_config=lora_config(config))
         lora = lora_summary(trainer.model, config)
         if lora:
             trainable = lora["trainable_parameters"]
-            print(f"LoRA: rank {lora['rank']}, alpha {lora['alpha']}, on {', '.join(lora['target_modules'])}: "
-                  f"{trainable / 1e6:.2f}M trainable parameters ({trainable / parameters:.2%} of the model).")
+            print(f"{'QLoRA (4-bit base)' if config.qlora else 'LoRA'}: rank {lora['rank']}, alpha {lora['alpha']}, "
+                  f"on {', '.join(lora['target_modules'])}: {trainable / 1e6:.2f}M trainable parameters "
+                  f"({trainable / parameters:.2%} of the model).")
         timer = {"time": time.time(), "tokens": 0, "step": 0}
 
         class LogLines(ProgressCallback):  # the progress bar with ETA, and our log line instead of a raw dict
@@ -325,20 +350,26 @@ def run_training(config: TrainConfig) -> Path:
         for callback in (LogLines, StartClock, Checkpoints):
             trainer.add_callback(callback)
 
-        batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        # Each process takes every n-th batch; the last ones are topped up so that all take the same number.
+        batches_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / processes)
         steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
         total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
         if device.startswith("cpu") and resume_from is None:
             epochs = total_steps / steps_per_epoch
-            print(f"Estimated time on this CPU: {estimate_cpu_time(trainer, int(train_stats['tokens'] * epochs))}.")
+            estimate = estimate_cpu_time(trainer, int(train_stats["tokens"] * epochs), processes)
+            print(f"Estimated time on this CPU: {estimate}.")
         if resume_from is not None:
             print(f"\nResuming from {resume_from} (pass --no-resume to start over).")
-        print(f"\nTraining: {total_steps} optimizer steps of {config.effective_batch_size} "
-              f"conversations ({config.batch_size} x {config.gradient_accumulation_steps} accumulated), "
-              f"lr {config.learning_rate:g}, max_length {config.max_length}.\n", flush=True)
+        global_batch = config.effective_batch_size * processes
+        on_processes = f" x {processes} processes" if processes > 1 else ""
+        print(f"\nTraining: {total_steps} optimizer steps of {global_batch} conversations ({config.batch_size} x "
+              f"{config.gradient_accumulation_steps} accumulated{on_processes}), lr {config.learning_rate:g}, "
+              f"max_length {config.max_length}.\n", flush=True)
 
         train_started = time.time()
-        with ctrl_c, training_errors_explained(config, device, checkpoints):
+        # Under a launcher, Ctrl-C reaches every process at a different step: there it stops at once.
+        with ctrl_c if processes == 1 else contextlib.nullcontext(), \
+                training_errors_explained(config, device, checkpoints):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_seconds = time.time() - train_started
         if ctrl_c.requested:
@@ -371,7 +402,8 @@ def run_training(config: TrainConfig) -> Path:
             max_length=config.max_length,
             batch_size=config.batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
-            effective_batch_size=config.effective_batch_size,
+            effective_batch_size=global_batch,
+            num_processes=processes,
             max_steps=config.max_steps,
             seed=config.seed,
             lora=lora,
@@ -393,10 +425,17 @@ def run_training(config: TrainConfig) -> Path:
             settings=settings,
         )
         metadata.total_seconds = round(time.time() - started, 2)
-        save.write_model_folder(output_dir, trainer, tokenizer, metadata)
+        # Sharded weights are gathered by every process together; the main process writes them.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model) if distributed.sharded() else None
+        if main_process:
+            full_precision_base = (lambda: models.load_model(
+                source, dtype=torch.float32, trust_remote_code=config.trust_remote_code, dropout=config.dropout)
+            ) if config.qlora else None
+            save.write_model_folder(output_dir, trainer, tokenizer, metadata, state_dict, full_precision_base)
         finished = True
     finally:  # keep checkpoints only if the run stopped early and one can be resumed
-        save.discard_checkpoints(output_dir, keep_resumable=not finished)
+        if main_process:
+            save.discard_checkpoints(output_dir, keep_resumable=not finished)
 
     before = f"{metadata.eval_loss_before:.3f}" if metadata.eval_loss_before is not None else "n/a"
     after = f"{metadata.eval_loss:.3f}" if metadata.eval_loss is not None else "n/a"
@@ -412,5 +451,9 @@ def main_from_constants(constants: dict, description: str, argv=None) -> None:
     from .config import parse_config
     from .errors import exit_on_user_error
 
-    exit_on_user_error(lambda: run_training(parse_config(constants, argv, description)))()
+    def main():
+        with distributed.main_process_prints():
+            run_training(parse_config(constants, argv, description))
+
+    exit_on_user_error(main)()
 

@@ -56,3 +56,61 @@ def test_the_folder_works_with_test_chatbot(lora_run):
     out_dir, _ = lora_run
     result = run_script("test_chatbot.py", "-p", "Hello", "--max-new-tokens", "4", "--model", str(out_dir))
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- QLoRA
+
+def test_qlora_without_a_gpu_says_why(tiny_gpt2_dir, chats_jsonl, tmp_path):
+    from test_faults import assert_clean_failure
+
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--qlora"))
+    assert_clean_failure(result, "--qlora loads the base model in 4 bits with bitsandbytes, which needs an NVIDIA GPU")
+    assert "Use --lora instead" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
+    """--qlora through the real code path. bitsandbytes 0.50 also runs 4-bit layers on the CPU (slowly), so
+    only the GPU check is bypassed; the loads are recorded to see what was 4-bit."""
+    import train_chatbot
+    from sft import models
+
+    out_dir = tmp_path_factory.mktemp("qlora") / "out"
+    loads, load_model = [], models.load_model
+
+    def recorded_load(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        loads.append(bool(getattr(model, "is_loaded_in_4bit", False)))
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "qlora_unavailable", lambda device: None)
+        # bitsandbytes' CPU-only inference layout (AVX512-BF16), taken at the first evaluation, breaks training
+        # afterwards; CUDA never takes it.
+        patch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: False)
+        patch.setattr(models, "load_model", recorded_load)
+        train_chatbot.main(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--qlora", "--learning-rate", "2e-3",
+                                      "--batch-size", "6", "--gradient-accumulation-steps", "1"))
+    return out_dir, loads
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(qlora_run, tiny_gpt2_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out_dir, loads = qlora_run
+    assert loads == [True, False]  # trained on the 4-bit base; merged into a full-precision reload of it
+    metadata = json.loads((out_dir / METADATA_FILE).read_text())
+    assert "4-bit" in metadata["lora"]["base_weights"] and metadata["settings"]["qlora"]
+    assert metadata["eval_loss"] < metadata["eval_loss_before"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    assert merged.dtype == torch.float32
+    assert torch.equal(base.transformer.wte.weight, merged.transformer.wte.weight)
+    assert not torch.equal(base.transformer.h[0].attn.c_attn.weight, merged.transformer.h[0].attn.c_attn.weight)
+    # Merged into full precision: base + adapter, with no 4-bit rounding of the merged weights.
+    with_adapter = PeftModel.from_pretrained(base, out_dir / "adapter").eval()
+    ids = torch.tensor([[7454, 2402, 257, 640, 11, 612, 373, 257]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)

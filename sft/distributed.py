@@ -1,0 +1,47 @@
+"""Several processes: the same script on several GPUs or machines, through `accelerate launch`.
+
+    accelerate launch --config_file configs/ddp.yaml --num_processes 4 train_chatbot.py
+
+The launcher starts one copy of the script per GPU and tells each its rank in the environment. Every
+copy loads the model and data and trains on its own share of each batch; the Trainer (through
+accelerate) averages the gradients. Rank 0, the main process, is the only one that prints, writes
+checkpoints' shared files, saves the model folder and removes checkpoints.
+"""
+
+import contextlib
+import os
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def num_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def processes_on_this_machine() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def sharded() -> str | None:
+    """'FSDP' or 'DeepSpeed' when the accelerate config shards the model over the processes, else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DeepSpeed"
+    return None
+
+
+@contextlib.contextmanager
+def main_process_prints():
+    """Only the main process writes to stdout; the others' copies of every line would say nothing new."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield

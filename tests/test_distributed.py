@@ -1,0 +1,110 @@
+"""Several processes under `accelerate launch`: two CPU processes train together (DDP over gloo) exactly
+as one process with the same global batch does, and only the main process prints and saves."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_script
+from sft.metadata import METADATA_FILE
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch(config: str, processes: int, script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / config),
+               "--num_processes", str(processes), "--main_process_port", str(free_port()), str(ROOT / script), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def settings(model_dir, data_file, out_dir, batch_size):
+    # 20 chats: 2 batches of 10 per epoch in one process, 2 of 5 in each of two: the same chats per step.
+    return ["--base-model", str(model_dir), "--dataset-name", str(data_file), "--output-dir", str(out_dir),
+            "--num-train-samples", "20", "--max-steps", "4", "--logging-steps", "1", "--learning-rate", "1e-3",
+            "--batch-size", str(batch_size)]
+
+
+@pytest.fixture(scope="module")
+def one_and_two_processes(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
+    """quick_test.py with a batch of 10 in one process, and with 5 in each of two under accelerate launch."""
+    folder = tmp_path_factory.mktemp("ddp")
+    one = run_script("quick_test.py", *settings(tiny_gpt2_dir, chats_jsonl, folder / "one", 10))
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    two = accelerate_launch("ddp.yaml", 2, "quick_test.py", *settings(tiny_gpt2_dir, chats_jsonl, folder / "two", 5))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    return folder, one, two
+
+
+def test_two_processes_write_the_same_folder_with_the_global_batch(one_and_two_processes):
+    folder, one, two = one_and_two_processes
+    assert sorted(p.name for p in (folder / "two").iterdir()) == sorted(p.name for p in (folder / "one").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["one", "two"]  # no staging or checkpoint folders left
+    single = json.loads((folder / "one" / METADATA_FILE).read_text())
+    both = json.loads((folder / "two" / METADATA_FILE).read_text())
+    assert (both["num_processes"], both["batch_size"], both["effective_batch_size"]) == (2, 5, 10)
+    assert (single["num_processes"], single["effective_batch_size"]) == (1, 10)
+    # Each process took half of every batch: 4 steps of 10 chats are 2 epochs of 20, as in one process.
+    assert both["optimizer_steps"] == single["optimizer_steps"] == 4
+    assert both["epochs_completed"] == single["epochs_completed"] == 2.0
+    assert both["tokens_processed"] == single["tokens_processed"]  # counted over both processes
+    assert "2 processes" in both["device"] and "x 2 processes" in (folder / "two" / "README.md").read_text()
+
+
+def test_only_the_main_process_prints(one_and_two_processes):
+    _, _, two = one_and_two_processes
+    assert two.stdout.count("Done in") == 1 and two.stdout.count("Data: ") == 1
+    assert "Training: 4 optimizer steps of 10 conversations (5 x 1 accumulated x 2 processes)" in two.stdout
+    assert two.stdout.count("step     4/4") == 1
+    assert "Traceback" not in two.stderr and "warning" not in two.stderr.lower()
+
+
+def test_gradients_are_averaged_over_the_processes(one_and_two_processes, tiny_gpt2_dir):
+    """Same chats per step, so the same weights as one process with twice the batch, up to float rounding;
+    and far from a run on half the batch (what each process alone would have done)."""
+    from safetensors.torch import load_file
+
+    folder, _, _ = one_and_two_processes
+    single, both = (load_file(folder / name / "model.safetensors") for name in ("one", "two"))
+    base = load_file(tiny_gpt2_dir / "model.safetensors")
+    moved = max((single[name] - base[name]).abs().max().item() for name in single)
+    apart = max((single[name] - both[name]).abs().max().item() for name in single)
+    assert moved > 1e-3 and apart < 1e-4, (moved, apart)
+
+
+def test_the_two_process_folder_chats(one_and_two_processes):
+    folder, _, _ = one_and_two_processes
+    result = run_script("test_chatbot.py", "-p", "Hello", "--max-new-tokens", "4", "--model", str(folder / "two"))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_lora_refuses_sharding_with_a_clear_message(tiny_gpt2_dir, chats_jsonl, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_FSDP": "true", "HF_HUB_OFFLINE": "1"}  # what the FSDP config sets
+    result = subprocess.run([sys.executable, str(ROOT / "quick_test.py"), "--lora",
+                             *settings(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", 5)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--lora under FSDP is not supported" in result.stderr, result.stderr[-2000:]
+    assert "configs/ddp.yaml" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, kind", [("ddp.yaml", "MULTI_GPU"), ("fsdp.yaml", "FSDP")])
+def test_accelerate_reads_each_config(name, kind):
+    """FSDP needs GPUs: here only checked to be a valid accelerate config that saves whole models."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = ROOT / "configs" / name
+    config = load_config_from_file(str(path))
+    assert config.distributed_type == kind and config.mixed_precision == "no" and config.num_machines == 1
+    raw = yaml.safe_load(path.read_text())
+    if kind == "FSDP":
+        assert raw["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert f"--config_file configs/{name}" in path.read_text()  # its launch command, documented in the file
