@@ -43,6 +43,9 @@ class TrainConfig:
     qlora: bool = _setting("LoRA on the base model loaded in 4 bits (bitsandbytes, NVIDIA GPU only): the least memory")
     lora_rank: int = _setting("LoRA rank r: the size of each adapter")
     lora_alpha: int = _setting("LoRA alpha: adapters are scaled by alpha / r")
+    lora_dropout: float = _setting("dropout on the adapters' input while training")
+    lora_target_modules: str = _setting("layers that get adapters: 'all-linear' (every linear layer but the output "
+                                        "head) or names separated by commas, e.g. c_attn or q_proj,v_proj")
     report_to: str = _setting("also log to 'tensorboard' (./runs/OUTPUT_DIR name) or 'wandb', installed separately; "
                               "'none': the console and loss_curve.png only")
     gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, ~30% slower")
@@ -73,6 +76,9 @@ class TrainConfig:
             (self.max_length >= 16, "--max-length must be at least 16 tokens"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.lora_rank >= 1 and self.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1"),
+            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+            (bool(self.lora_target_modules.strip(" ,")), "--lora-target-modules must name at least one layer "
+                                                         "(or all-linear)"),
             (0 <= self.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
             (self.logging_steps >= 1, "--logging-steps must be at least 1"),
             (self.save_steps >= 1, "--save-steps must be at least 1"),

@@ -165,21 +165,41 @@ def prepare_reporting(config: TrainConfig, output_dir: Path) -> Path | None:
     return runs
 
 
-def lora_config(config: TrainConfig):
-    """PEFT's LoRA settings: adapters on every linear layer (GPT-2's fused Conv1D projections included)."""
+def linear_layer_names(model) -> set[str]:
+    """The short names of the layers LoRA can adapt: linear ones, GPT-2's Conv1D and 4-bit ones included."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) or type(module).__name__ == "Linear4bit"}
+
+
+def lora_config(config: TrainConfig, model):
+    """PEFT's LoRA settings. By default adapters go on every linear layer ("all-linear": GPT-2's fused
+    c_attn/c_proj/c_fc, the q/k/v/o and MLP projections of Llama, Gemma, GPT-NeoX), which PEFT finds
+    itself for any architecture; named layers are checked against the model first."""
     if not config.uses_lora:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    targets = config.lora_target_modules.strip()
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+        unknown = sorted(set(targets) - linear_layer_names(model))
+        if unknown:
+            raise UserError(f"--lora-target-modules {', '.join(unknown)}: no such linear layer in "
+                            f"{config.base_model}; its linear layers are {', '.join(sorted(linear_layer_names(model)))}"
+                            " (or use all-linear)")
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
 
 
 def lora_summary(model, config: TrainConfig) -> dict | None:
     if not config.uses_lora:
         return None
     targets = sorted({name.split(".")[-1] for name in model.peft_config["default"].target_modules})
-    return {"rank": config.lora_rank, "alpha": config.lora_alpha, "target_modules": targets,
+    return {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "target_modules": targets,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "base_weights": "4-bit NF4 while training (QLoRA, bitsandbytes)" if config.qlora else "as loaded",
             "saved": ("merged into the unquantized base" if config.qlora else "merged into the weights")
@@ -304,6 +324,8 @@ def run_training(config: TrainConfig) -> Path:
     if device.startswith("cpu"):
         print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
 
+    peft_config = lora_config(config, model)
+
     # 5. Train with TRL's SFTTrainer
     finished = False
     try:
@@ -312,7 +334,7 @@ def run_training(config: TrainConfig) -> Path:
         args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
                                resuming=resume_from is not None, on_cpu=device.startswith("cpu"))
         trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                 processing_class=tokenizer, peft_config=lora_config(config))
+                                 processing_class=tokenizer, peft_config=peft_config)
         lora = lora_summary(trainer.model, config)
         if lora:
             trainable = lora["trainable_parameters"]

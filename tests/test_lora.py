@@ -114,3 +114,25 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(qlor
     ids = torch.tensor([[7454, 2402, 257, 640, 11, 612, 373, 257]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
+
+
+def test_lora_on_named_layers_with_dropout(tiny_gpt2_dir, chats_jsonl, tmp_path):
+    out_dir = tmp_path / "out"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--lora",
+                                                     "--lora-target-modules", "c_attn", "--lora-dropout", "0.1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lora = json.loads((out_dir / METADATA_FILE).read_text())["lora"]
+    assert lora["target_modules"] == ["c_attn"] and lora["dropout"] == 0.1
+    adapter_config = json.loads((out_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["target_modules"] == ["c_attn"] and adapter_config["lora_dropout"] == 0.1
+
+
+def test_lora_on_a_layer_the_model_lacks_names_the_ones_it_has(tiny_gpt2_dir, chats_jsonl, tmp_path):
+    from test_faults import assert_clean_failure
+
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--lora",
+                                                     "--lora-target-modules", "c_attn,q_proj"))
+    assert_clean_failure(result, "--lora-target-modules q_proj: no such linear layer in",
+                         documented="--lora-target-modules NAME: no such linear layer")
+    assert "its linear layers are c_attn, c_fc, c_proj, lm_head" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
