@@ -84,16 +84,30 @@ def dropout_overrides(config, dropout: float) -> dict:
             if isinstance(value, float) and ("dropout" in name or name.endswith("_pdrop"))}
 
 
+# GPT-2's "gelu_new" is GELU's tanh approximation written out as six tensor operations; PyTorch's fused
+# kernel computes the same function (within 3e-7) about 6x faster, forward and backward.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def fused_activation_overrides(config) -> dict:
+    """from_pretrained keyword arguments that swap an activation written out op by op for its fused twin."""
+    return {name: FUSED_ACTIVATIONS[value] for name, value in vars(config).items()
+            if name in ("activation_function", "hidden_act", "hidden_activation") and value in FUSED_ACTIVATIONS}
+
+
 def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False, dropout: float | None = None,
                quantization=None):
-    """The model; with `dropout`, every dropout probability in its config replaced (None keeps the model's);
-    with `quantization` (four_bit_config), its linear layers held in 4 bits."""
+    """The model, with its activation function fused where an identical fused one exists; with `dropout`,
+    every dropout probability in its config replaced (None keeps the model's); with `quantization`
+    (four_bit_config), its linear layers held in 4 bits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = _hub_kwargs(source, trust_remote_code)
     try:
+        config = AutoConfig.from_pretrained(source.path, **kwargs)
+        kwargs.update(fused_activation_overrides(config))
         if dropout is not None:
-            kwargs.update(dropout_overrides(AutoConfig.from_pretrained(source.path, **kwargs), dropout))
+            kwargs.update(dropout_overrides(config, dropout))
         return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, quantization_config=quantization,
                                                     **kwargs)
     except Exception as error:

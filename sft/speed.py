@@ -6,18 +6,21 @@
 - No dropout by default (DROPOUT = 0.0, as Llama, Gemma and Qwen are trained; models.load_model):
   GPT-2's 0.1 attention dropout draws a random mask over every attention matrix and keeps PyTorch
   from its fused attention kernel.
+- GPT-2's GELU from PyTorch's fused kernel (models.load_model): "gelu_new" is the same function written
+  out as six tensor operations, each a pass over the MLP's largest activations.
 - Language-model head only where a label is (CPU and MPS): the head turns every position into scores
   over the whole vocabulary (50k words for GPT-2, 262k for Gemma), but only the positions followed by
-  a trained token need them. On CUDA, TRL's fused head already does this with its Triton kernel.
+  a trained token need them, and they are scored a chunk at a time (LabelledTokensLoss) so memory
+  stays flat. On CUDA, TRL's fused head already does this with its Triton kernel.
 """
 
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTTrainer
 
-# Above this many logits (2**27 floats = 512 MB per copy), score with TRL's chunked head instead,
-# which never holds them all at once.
-MAX_LABEL_LOGITS = 2**27
+# Logits are scored this many at a time (2**25 floats = 128 MB): memory stays flat for any number of
+# labelled tokens and any vocabulary.
+CHUNK_LOGITS = 2**25
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
@@ -33,6 +36,49 @@ def label_only_logits_possible(model) -> bool:
     text_config = model.config.get_text_config()
     return (model.get_output_embeddings() is not None
             and all(getattr(text_config, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS))
+
+
+class LabelledTokensLoss(torch.autograd.Function):
+    """Cross-entropy summed over the labelled positions only, with the output head applied chunk by chunk.
+
+    Forward scores a chunk of rows (hidden states x output embeddings), takes its log-softmax, and at
+    once works out the chunk's gradients (softmax minus one-hot, times the head or the hidden states),
+    so no chunk's logits outlive it; backward only scales those gradients. Same three matrix
+    multiplies as autograd would do, a fraction of the memory. Also returns the summed entropy and the
+    number of correct argmax predictions, the metrics SFTTrainer logs.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, with_gradients: bool):
+        rows_per_chunk = max(1, CHUNK_LOGITS // weight.shape[0])
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        entropy, correct = torch.zeros_like(loss), torch.zeros_like(loss)
+        # Only what backward will need: none in evaluation, no head gradient when it is frozen (LoRA).
+        grad_hidden = torch.empty_like(hidden) if with_gradients and ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if with_gradients and ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], rows_per_chunk):
+            rows, wanted = hidden[start:start + rows_per_chunk], targets[start:start + rows_per_chunk]
+            log_probs = torch.log_softmax((rows @ weight.T).float(), dim=-1)
+            picked = torch.arange(len(wanted), device=wanted.device)
+            loss -= log_probs[picked, wanted].sum()
+            probs = log_probs.exp()
+            entropy -= (probs * log_probs).sum()
+            correct += (log_probs.argmax(-1) == wanted).sum()
+            probs[picked, wanted] -= 1  # d(-log p[target]) / d(logits)
+            probs = probs.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:start + rows_per_chunk] = probs @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(probs.T, rows)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(entropy, correct)
+        return loss, entropy, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_entropy, _grad_correct):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_loss if grad_hidden is not None else None,
+                grad_weight * grad_loss if grad_weight is not None else None, None, None)
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -75,25 +121,21 @@ class FastSFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         targets = labels[:, 1:]
         mask = targets != -100  # position t predicts token t+1
-        if int(mask.sum()) * unwrapped.get_output_embeddings().weight.shape[0] > MAX_LABEL_LOGITS:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
         backbone_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         hidden = unwrapped.base_model(**backbone_inputs, use_cache=False).last_hidden_state[:, :-1]
-        logits = unwrapped.get_output_embeddings()(hidden[mask]).float()
         wanted = targets[mask]
-        log_probs = torch.log_softmax(logits, dim=-1)
-        token_log_probs = log_probs.gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+        loss_sum, entropy, correct = LabelledTokensLoss.apply(
+            hidden[mask], unwrapped.get_output_embeddings().weight, wanted, torch.is_grad_enabled())
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = -token_log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        loss = loss_sum / torch.as_tensor(num_tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
 
         with torch.no_grad():  # the metrics SFTTrainer logs, on the same positions
             mode = "train" if self.model.training else "eval"
             valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
-            entropy = self.accelerator.gather_for_metrics(-(log_probs.exp() * log_probs).sum()).sum()
-            correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == wanted).sum()).sum()
+            entropy = self.accelerator.gather_for_metrics(entropy).sum()
+            correct = self.accelerator.gather_for_metrics(correct).sum()
             self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
             self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
             if mode == "train":

@@ -36,8 +36,15 @@ def trainer_for(trainer_class, model, tokenizer, tmp_path):
     return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenizer, tmp_path):
+@pytest.mark.parametrize("rows_per_chunk", [None, 7])  # all labelled rows at once, or several chunks
+def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenizer, tmp_path, monkeypatch,
+                                                                   rows_per_chunk):
     from trl import SFTTrainer
+
+    from sft import speed
+
+    if rows_per_chunk:
+        monkeypatch.setattr(speed, "CHUNK_LOGITS", rows_per_chunk * chat_tokenizer.vocab_size)
 
     reference_model = tiny_model()
     fast_model = copy.deepcopy(reference_model)
@@ -101,6 +108,19 @@ def test_dropout_setting_reaches_every_dropout_layer(tiny_gpt2_dir):
     none = models.load_model(source, dropout=0.0)
     assert {m.p for m in none.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
     assert none.config.attn_pdrop == 0.0 and none.config.resid_pdrop == 0.0 and none.config.embd_pdrop == 0.0
+
+
+def test_gpt2_gets_the_fused_gelu_with_the_same_outputs(tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    source = models.ModelSource(str(tiny_gpt2_dir), str(tiny_gpt2_dir), "local")
+    fused = models.load_model(source).eval()
+    written_out = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    assert (written_out.config.activation_function, fused.config.activation_function) == ("gelu_new",
+                                                                                        "gelu_pytorch_tanh")
+    ids = torch.tensor([[7454, 2402, 257, 640, 11, 612, 373, 257]])
+    with torch.no_grad():
+        assert torch.allclose(fused(ids).logits, written_out(ids).logits, atol=1e-5)
 
 
 def test_benchmark_runs_offline_and_prints_every_figure(tmp_path):
