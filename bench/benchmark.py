@@ -206,7 +206,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
 
     from sft.speed import FastSFTTrainer
     from sft.config import config_from_constants
-    from sft.train import make_sft_config
+    from sft.train import make_sft_config, pick_device
 
     naive = name == "naive"
     model = fresh_model(source, None if naive or variant == "with dropout" else 0.0,
@@ -234,8 +234,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
         config = config_from_constants(vars(train_chatbot), num_epochs=args.epochs, max_steps=0,
                                        batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
                                        max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0)
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-        sft_args = make_sft_config(config, out_dir, precision, has_eval=False, resuming=False)
+        sft_args = make_sft_config(config, out_dir, pick_device()[1], has_eval=False, resuming=False)
         sft_args.disable_tqdm = True
         if variant == "without length grouping":
             sft_args.train_sampling_strategy = "random"

@@ -6,6 +6,7 @@ load and sample the chats -> tokenize with the trained-token mask -> fine-tune -
 
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import math
 import contextlib
@@ -184,12 +185,12 @@ def lora_config(config: TrainConfig, model):
 
     targets = config.lora_target_modules.strip()
     if targets != "all-linear":
-        targets = [name.strip() for name in targets.split(",") if name.strip()]
-        unknown = sorted(set(targets) - linear_layer_names(model))
+        targets, layers = [name.strip() for name in targets.split(",") if name.strip()], linear_layer_names(model)
+        unknown = sorted(set(targets) - layers)
         if unknown:
             raise UserError(f"--lora-target-modules {', '.join(unknown)}: no such linear layer in "
-                            f"{config.base_model}; its linear layers are {', '.join(sorted(linear_layer_names(model)))}"
-                            " (or use all-linear)")
+                            f"{config.base_model}; its linear layers are {', '.join(sorted(layers))} "
+                            "(or use all-linear)")
     return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
 
@@ -263,10 +264,12 @@ def run_training(config: TrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     settings = dataclasses.asdict(config)
     processes, main_process = distributed.num_processes(), distributed.is_main_process()
-    if config.qlora and (reason := models.qlora_unavailable(pick_device()[0])):
+    sharding = distributed.sharded()  # "FSDP" or "DeepSpeed" from the accelerate config, else None
+    device, precision = pick_device()
+    if config.qlora and (reason := models.qlora_unavailable(device)):
         raise UserError(reason)
-    if config.uses_lora and distributed.sharded():
-        raise UserError(f"{'--qlora' if config.qlora else '--lora'} under {distributed.sharded()} is not supported "
+    if config.uses_lora and sharding:
+        raise UserError(f"{'--qlora' if config.qlora else '--lora'} under {sharding} is not supported "
                         "here: LoRA's adapters are small enough to copy to every GPU, so launch with configs/ddp.yaml "
                         "instead")
     save.check_output_dir(output_dir, settings, config.overwrite)
@@ -307,13 +310,13 @@ def run_training(config: TrainConfig) -> Path:
                                       color=sys.stdout.isatty()))
 
     # 4. Model and device
-    device, precision = pick_device()
     # Weights in fp32 (mixed precision computes in bf16/fp16); with QLoRA, linear layers in 4 bits, the rest
     # in the compute precision, as in the QLoRA paper.
+    load_base = functools.partial(models.load_model, source, trust_remote_code=config.trust_remote_code,
+                                  dropout=config.dropout)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    model = models.load_model(source, dtype=compute_dtype if config.qlora else torch.float32,
-                              trust_remote_code=config.trust_remote_code, dropout=config.dropout,
-                              quantization=models.four_bit_config(compute_dtype) if config.qlora else None)
+    model = (load_base(dtype=compute_dtype, quantization=models.four_bit_config(compute_dtype)) if config.qlora
+             else load_base(dtype=torch.float32))
     window = models.context_window(model)
     if window and config.max_length > window:
         raise UserError(f"--max-length {config.max_length} is longer than {config.base_model}'s context window "
@@ -448,12 +451,11 @@ def run_training(config: TrainConfig) -> Path:
         )
         metadata.total_seconds = round(time.time() - started, 2)
         # Sharded weights are gathered by every process together; the main process writes them.
-        state_dict = trainer.accelerator.get_state_dict(trainer.model) if distributed.sharded() else None
+        state_dict = trainer.accelerator.get_state_dict(trainer.model) if sharding else None
         if main_process:
-            full_precision_base = (lambda: models.load_model(
-                source, dtype=torch.float32, trust_remote_code=config.trust_remote_code, dropout=config.dropout)
-            ) if config.qlora else None
-            save.write_model_folder(output_dir, trainer, tokenizer, metadata, state_dict, full_precision_base)
+            save.write_model_folder(output_dir, trainer, tokenizer, metadata, state_dict,
+                                    full_precision_base=functools.partial(load_base, dtype=torch.float32)
+                                    if config.qlora else None)
         finished = True
     finally:  # keep checkpoints only if the run stopped early and one can be resumed
         if main_process:
