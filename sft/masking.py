@@ -12,8 +12,16 @@ Why not simply `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=
 For ordinary text the ids are exactly those of `apply_chat_template` (tested).
 """
 
+import hashlib
 import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -76,6 +84,15 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
 
 
 PARALLEL_FROM = 2000  # chats; below this, starting worker processes costs more than it saves
+KEEP_CACHED = 8  # tokenized sets kept on disk, newest first
+
+
+def tokenize_workers(count: int) -> int:
+    """Processes for tokenizing `count` chats: this machine's cores shared among the training processes."""
+    from .distributed import processes_on_this_machine
+
+    cores = (os.cpu_count() or 1) // processes_on_this_machine()
+    return max(1, min(cores, 8)) if count >= PARALLEL_FROM else 1
 
 
 def _encode_row(row, tokenizer, max_length):
@@ -86,19 +103,44 @@ def _encode_row(row, tokenizer, max_length):
             "truncated": encoded.truncated}
 
 
-def tokenize_chats(tokenizer, conversations, max_length, workers: int | None = None):
+_tokenizer_fingerprints = weakref.WeakKeyDictionary()
+
+
+def cache_key(tokenizer, conversations, max_length) -> str:
+    """Everything the encoded chats depend on: the chats, the tokenizer (vocabulary, merges, special
+    tokens, chat template), max_length, and this file's own code, so that editing it re-tokenizes."""
+    if tokenizer not in _tokenizer_fingerprints:  # a large vocabulary takes a moment to serialize: once
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        vocabulary = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+        _tokenizer_fingerprints[tokenizer] = hashlib.sha256(vocabulary.encode()).hexdigest()
+    digest = hashlib.sha256()
+    for part in (Path(__file__).read_text(), _tokenizer_fingerprints[tokenizer], str(len(tokenizer)),
+                 tokenizer.chat_template or "", json.dumps(tokenizer.special_tokens_map, sort_keys=True),
+                 str(max_length), json.dumps(list(conversations), sort_keys=True, default=str)):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def tokenize_chats(tokenizer, conversations, max_length, workers: int | None = None, cache_dir: Path | None = None):
     """Encode chats into a datasets.Dataset of input_ids + assistant_masks, with counts for the report.
 
-    Many chats are encoded by several processes (datasets.map), in the same order."""
-    import os
+    Many chats are encoded by several processes (datasets.map), in the same order. With `cache_dir`,
+    the result is kept on disk under a key of everything it depends on (cache_key): the next run on
+    the same chats loads it instead, memory-mapped, and so do the label and truncation passes that
+    SFTTrainer runs over it (datasets caches them next to it)."""
+    from datasets import Dataset, load_from_disk
 
-    from datasets import Dataset
+    entry = cache_dir / cache_key(tokenizer, conversations, max_length) if cache_dir else None
+    if entry is not None and (entry / "stats.json").exists():
+        try:
+            stats = {**json.loads((entry / "stats.json").read_text()), "cached": True}
+            dataset = load_from_disk(str(entry / "chats")) if stats["kept"] else None
+            entry.touch()  # newest first when pruning
+            return dataset, stats
+        except (OSError, ValueError, KeyError):  # damaged by hand or by a full disk: tokenize again
+            shutil.rmtree(entry, ignore_errors=True)
 
-    from .distributed import processes_on_this_machine
-
-    if workers is None:
-        cores = (os.cpu_count() or 1) // processes_on_this_machine()  # training processes share the cores
-        workers = max(1, min(cores, 8)) if len(conversations) >= PARALLEL_FROM else 1
+    workers = workers or tokenize_workers(len(conversations))
     kwargs = {"tokenizer": tokenizer, "max_length": max_length}
     if workers > 1:
         table = Dataset.from_dict({"messages": list(conversations)})
@@ -113,10 +155,53 @@ def tokenize_chats(tokenizer, conversations, max_length, workers: int | None = N
             continue
         truncated += row["truncated"]
         rows.append({"input_ids": row["input_ids"], "assistant_masks": row["assistant_masks"]})
-    stats = {"dropped": dropped, "truncated": truncated,
+    stats = {"kept": len(rows), "dropped": dropped, "truncated": truncated,
              "tokens": sum(len(r["input_ids"]) for r in rows),
              "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows)}
-    return Dataset.from_list(rows) if rows else None, stats
+    dataset = Dataset.from_list(rows) if rows else None
+    if entry is not None:
+        dataset = _store(entry, dataset, stats)
+    return dataset, {**stats, "cached": False}
+
+
+def _store(entry: Path, dataset, stats: dict):
+    """Write a cache entry whole or not at all (written aside, then renamed), keep the newest KEEP_CACHED,
+    and return the dataset read back from disk, so that later passes over it are cached too. A cache
+    that cannot be written (read-only home, full disk) costs only the caching."""
+    from datasets import load_from_disk
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".partial-"))
+    except OSError:
+        return dataset
+    try:
+        if dataset is not None:
+            dataset.save_to_disk(str(partial / "chats"))
+        (partial / "stats.json").write_text(json.dumps(stats))
+        partial.rename(entry)
+    except OSError:  # another process (accelerate launch) stored the same chats first, or the disk is full
+        return dataset
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _prune(entry)
+    return load_from_disk(str(entry / "chats")) if dataset is not None else None
+
+
+def _prune(keep: Path) -> None:
+    """Keep the newest KEEP_CACHED entries, and no half-written one older than an hour (a killed run's)."""
+    def age(path):
+        try:
+            return time.time() - path.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    entries = sorted(keep.parent.iterdir(), key=age)
+    finished = [p for p in entries if not p.name.startswith(".partial-")]
+    abandoned = [p for p in entries if p.name.startswith(".partial-") and age(p) > 3600]
+    for old in finished[KEEP_CACHED:] + abandoned:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def show_trained_tokens(tokenizer, input_ids: list[int], assistant_masks: list[int], color: bool) -> str:

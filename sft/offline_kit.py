@@ -24,7 +24,8 @@ _CONVERTED_MARKER = "converted.ok"
 
 
 def cache_dir() -> Path:
-    """Where the converted model lives: $SFT_CACHE_DIR, else ~/.cache/sft-tutorial (or under $XDG_CACHE_HOME)."""
+    """The project's cache (the kit's converted model, tokenized chats): $SFT_CACHE_DIR, else
+    ~/.cache/sft-tutorial (or under $XDG_CACHE_HOME)."""
     if os.environ.get("SFT_CACHE_DIR"):
         return Path(os.environ["SFT_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sft-tutorial"

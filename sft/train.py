@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import chat_format, data, distributed, masking, models, save
+from . import chat_format, data, distributed, masking, models, offline_kit, save
 from .config import TrainConfig
 from .errors import Interrupted, UserError, first_line
 from .metadata import TrainingMetadata
@@ -247,8 +247,6 @@ def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_
 
 
 def base_model_name(config: TrainConfig, source) -> str:
-    from . import offline_kit
-
     return offline_kit.BASE_MODEL_ID if source.kind == "offline-kit" else config.base_model
 
 
@@ -291,15 +289,19 @@ def run_training(config: TrainConfig) -> Path:
         banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
 
     # 3. Tokenize with the trained-token mask, cutting long chats at a turn boundary
-    train_set, train_stats = masking.tokenize_chats(tokenizer, chats.train, config.max_length)
-    eval_set, eval_stats = masking.tokenize_chats(tokenizer, chats.eval, config.max_length)
+    # Kept on disk: a rerun on the same chats, tokenizer and max_length loads them instead.
+    tokenized = functools.partial(masking.tokenize_chats, tokenizer, max_length=config.max_length,
+                                  cache_dir=offline_kit.cache_dir() / "tokenized")
+    train_set, train_stats = tokenized(chats.train)
+    eval_set, eval_stats = tokenized(chats.eval)
     if train_set is None:
         raise UserError(f"no training conversation fits --max-length {config.max_length} "
                         f"(all {len(chats.train)} were dropped): raise --max-length")
     print(f"\nData: {chats.name} [{chats.format}, from {chats.source}]: {len(train_set)} training and "
           f"{len(eval_set) if eval_set else 0} held-out conversations.")
     print(f"  {train_stats['tokens']:,} tokens, of which {train_stats['trained_tokens']:,} are trained "
-          f"({train_stats['trained_tokens'] / train_stats['tokens']:.0%}: the assistant's answers).")
+          f"({train_stats['trained_tokens'] / train_stats['tokens']:.0%}: the assistant's answers)"
+          + (", tokenized by an earlier run (cached)." if train_stats["cached"] else "."))
     dropped = train_stats["dropped"] + eval_stats["dropped"]
     if dropped or train_stats["truncated"]:
         print(f"  max_length {config.max_length}: {dropped} conversations dropped (first answer too long), "

@@ -1,6 +1,11 @@
 """Format and mask: the rendered text, which tokens are trained, and where long chats are cut."""
 
-from conftest import gpt2_merges
+import os
+import shutil
+import time
+from pathlib import Path
+
+from conftest import gpt2_merges, make_gpt2_tokenizer
 from sft import chat_format, masking
 
 EOT = "<|endoftext|>"
@@ -123,3 +128,51 @@ def test_parallel_tokenization_gives_the_same_dataset(chat_tokenizer):
     one, one_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=1)
     two, two_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=2)
     assert one.to_list() == two.to_list() and one_stats == two_stats and one_stats["dropped"] == 4
+
+
+def test_tokenized_chats_are_cached_and_reloaded(chat_tokenizer, tmp_path):
+    chats = [CHAT, CHAT[:2], [{"role": "user", "content": "x " * 600}, {"role": "assistant", "content": "y"}]]
+    fresh, fresh_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
+    again, again_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
+    assert not fresh_stats["cached"] and again_stats["cached"]
+    assert again.to_list() == fresh.to_list() == masking.tokenize_chats(chat_tokenizer, chats, 512)[0].to_list()
+    assert {**again_stats, "cached": False} == fresh_stats and fresh_stats["dropped"] == 1
+    (entry,) = tmp_path.iterdir()
+    assert all(Path(f["filename"]).is_relative_to(entry) for f in again.cache_files)  # memory-mapped from the cache
+
+
+def test_cache_key_follows_chats_length_template_and_code(chat_tokenizer, tmp_path, monkeypatch):
+    key = masking.cache_key(chat_tokenizer, [CHAT], 512)
+    assert masking.cache_key(chat_tokenizer, [CHAT], 512) == key
+    edited = [[*CHAT[:-1], {**CHAT[-1], "content": CHAT[-1]["content"] + "!"}]]
+    assert masking.cache_key(chat_tokenizer, edited, 512) != key
+    assert masking.cache_key(chat_tokenizer, [CHAT], 256) != key
+    other_template = make_gpt2_tokenizer()
+    other_template.chat_template = chat_tokenizer.chat_template.replace("User:", "Human:")
+    assert masking.cache_key(other_template, [CHAT], 512) != key
+    edited_code = tmp_path / "masking.py"  # a learner editing the masking code gets fresh tokens
+    edited_code.write_text(Path(masking.__file__).read_text() + "\n# edited\n")
+    monkeypatch.setattr(masking, "__file__", str(edited_code))
+    assert masking.cache_key(chat_tokenizer, [CHAT], 512) != key
+
+
+def test_cache_keeps_the_newest_entries_and_survives_damage(chat_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(masking, "KEEP_CACHED", 2)
+    abandoned = tmp_path / ".partial-killed"  # what a run killed while writing leaves
+    abandoned.mkdir(parents=True)
+    os.utime(abandoned, (time.time() - 7200,) * 2)
+    for max_length in (128, 256, 512):
+        masking.tokenize_chats(chat_tokenizer, [CHAT], max_length, cache_dir=tmp_path)
+        time.sleep(0.01)
+    newest = tmp_path / masking.cache_key(chat_tokenizer, [CHAT], 512)
+    assert sorted(tmp_path.iterdir()) == sorted([newest, tmp_path / masking.cache_key(chat_tokenizer, [CHAT], 256)])
+    shutil.rmtree(newest / "chats")  # damaged: tokenized again, not a crash
+    dataset, stats = masking.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=tmp_path)
+    assert not stats["cached"] and dataset.to_list() == masking.tokenize_chats(chat_tokenizer, [CHAT], 512)[0].to_list()
+
+
+def test_unwritable_cache_costs_only_the_caching(chat_tokenizer, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    dataset, stats = masking.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=blocked / "tokenized")
+    assert not stats["cached"] and len(dataset) == 1

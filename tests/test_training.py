@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import quick_args, run_script
 from sft.metadata import METADATA_FILE, TrainingMetadata
@@ -142,3 +143,17 @@ def test_report_to_a_logger_that_is_not_installed(tmp_path, tiny_gpt2_dir, chats
         pytest.skip("wandb is installed here")
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--report-to", "wandb"))
     assert result.returncode == 2 and "needs the wandb package: pip install wandb" in result.stderr
+
+
+def test_rerun_on_the_same_chats_loads_them_tokenized_and_trains_the_same(tmp_path, tiny_gpt2_dir, chats_jsonl,
+                                                                          monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("SFT_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    runs = [run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out)) for out in (first, second)]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-3000:]
+    assert "tokenized by an earlier run" not in runs[0].stdout and "tokenized by an earlier run" in runs[1].stdout
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 2  # training and held-out chats
+    weights = [load_file(out / "model.safetensors") for out in (first, second)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
