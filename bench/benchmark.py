@@ -2,6 +2,7 @@
 
     python bench/benchmark.py                          # both workloads on this machine (minutes on a CPU)
     python bench/benchmark.py --workload short --variants   # also each optimisation switched off, one at a time
+    python bench/benchmark.py --workload long --variants "with --compile" --no-naive   # one option on
     python bench/benchmark.py --workload long --conversations 5000 --epochs 3 --no-naive  # the full recipe (GPU)
 
 Workloads (both offline):
@@ -167,23 +168,30 @@ def peak_rss_gib() -> float:
 
 @dataclasses.dataclass
 class Batches:
-    """What each batch handed to the model held, recorded by the collator."""
+    """What each batch handed to the model held, noted as it arrives for its training step."""
     positions: list = dataclasses.field(default_factory=list)  # computed positions (batch x padded length)
     tokens: list = dataclasses.field(default_factory=list)  # non-padding tokens
     trained: list = dataclasses.field(default_factory=list)  # tokens with a label
     attention: list = dataclasses.field(default_factory=list)  # sum of length^2 over the chats
 
+    def total(self, name: str) -> int:
+        return int(sum(float(n) for n in getattr(self, name)))  # device tensors: read once, at the end
 
-def recording(collator, batches: Batches):
-    def collate(rows):
-        batch = collator(rows)
-        lengths = batch["attention_mask"].sum(1)
-        batches.positions.append(batch["input_ids"].numel())
-        batches.tokens.append(int(lengths.sum()))
-        batches.trained.append(int((batch["labels"][:, 1:] != -100).sum()))
-        batches.attention.append(int((lengths.double() ** 2).sum()))
-        return batch
-    return collate
+
+def record_batches(trainer, batches: Batches) -> None:
+    """Note each batch in the main process as the training step receives it: dataloader workers collate
+    in other processes. Counts stay on the device until the end, so recording adds no synchronisation."""
+    training_step = trainer.training_step
+
+    def recorded_step(model, inputs, *args, **kwargs):
+        lengths = inputs["attention_mask"].sum(1)
+        batches.positions.append(inputs["input_ids"].numel())
+        batches.tokens.append(lengths.sum())
+        batches.trained.append((inputs["labels"][:, 1:] != -100).sum())
+        batches.attention.append((lengths.float() ** 2).sum())
+        return training_step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = recorded_step
 
 
 def warm_up(trainer, model, batches: "Batches") -> None:
@@ -197,6 +205,13 @@ def warm_up(trainer, model, batches: "Batches") -> None:
         getattr(batches, field.name).clear()
 
 
+def variants(device: str) -> list[str]:
+    """The project's configuration with one optimisation off, or one option on, where it makes a difference."""
+    return (["with dropout", "with written-out GELU"]
+            + (["without label-only head"] if device != "cuda" else ["without dataloader workers"])
+            + ["without length grouping", "with --compile", "with gradient checkpointing"])
+
+
 def run_configuration(name, variant, source, tokenizer, train_set, args, device, out_dir):
     """Train for warm-up + measured steps (or the whole run) and return the figures."""
     import torch
@@ -204,7 +219,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from sft.speed import FastSFTTrainer
+    from sft.speed import FastSFTTrainer, compile_blocks
     from sft.config import config_from_constants
     from sft.train import make_sft_config, pick_device
 
@@ -227,20 +242,24 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
             gradient_accumulation_steps=args.accumulation * args.batch_size // micro, num_train_epochs=args.epochs,
             learning_rate=2e-5, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9,
             seed=0, remove_unused_columns=False)
-        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=recording(collator, batches))
+        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=collator)
     else:
         import train_chatbot
 
         config = config_from_constants(vars(train_chatbot), num_epochs=args.epochs, max_steps=0,
                                        batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
-                                       max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0)
-        sft_args = make_sft_config(config, out_dir, pick_device()[1], has_eval=False, resuming=False)
+                                       max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0,
+                                       gradient_checkpointing=variant == "with gradient checkpointing")
+        sft_args = make_sft_config(config, out_dir, *pick_device(), has_eval=False, resuming=False)
         sft_args.disable_tqdm = True
         if variant == "without length grouping":
             sft_args.train_sampling_strategy = "random"
+        if variant == "without dataloader workers":
+            sft_args.dataloader_num_workers, sft_args.dataloader_persistent_workers = 0, False
         trainer_class = SFTTrainer if variant == "without label-only head" else FastSFTTrainer
         trainer = trainer_class(model=model, args=sft_args, train_dataset=train_set, processing_class=tokenizer)
-        trainer.data_collator = recording(trainer.data_collator, batches)
+        if variant == "with --compile":
+            compile_blocks(model)
 
     marks = []
 
@@ -250,9 +269,12 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
                 torch.cuda.synchronize()
             marks.append(time.perf_counter())
 
+    record_batches(trainer, batches)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Clock)
-    warm_up(trainer, model, batches)
+    warm_up_started = time.perf_counter()
+    warm_up(trainer, model, batches)  # with --compile: compiles
+    warm_up_seconds = time.perf_counter() - warm_up_started
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()
@@ -261,14 +283,14 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     wall = time.perf_counter() - started
 
     seconds, steps_measured = marks[-1] - started, len(marks)
-    tokens, trained = sum(batches.tokens), sum(batches.trained)
-    positions, attention = sum(batches.positions), sum(batches.attention)
+    tokens, trained = batches.total("tokens"), batches.total("trained")
+    positions, attention = batches.total("positions"), batches.total("attention")
     flops = 6 * parameters * tokens + 12 * layers * width * attention
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
     return {"configuration": f"{name} {variant}".strip(), "steps": steps_measured,
             "s_per_step": seconds / steps_measured, "trained_tok_s": trained / seconds,
             "tok_s": tokens / seconds, "padding": 1 - tokens / positions, "flops": flops / seconds,
-            "peak_gib": peak, "wall_s": wall, "parameters": parameters}
+            "peak_gib": peak, "wall_s": wall, "warm_up_s": warm_up_seconds, "parameters": parameters}
 
 
 # ----------------------------------------------------------------------------- report
@@ -306,7 +328,8 @@ def main(argv=None):
     parser.add_argument("--accumulation", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--epochs", type=float, default=1)
-    parser.add_argument("--variants", action="store_true", help="also run the project without each optimisation")
+    parser.add_argument("--variants", nargs="?", const="all", help="also run the project with one optimisation "
+                        "off or one option on: all of them, or some, separated by commas (e.g. 'with --compile')")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--naive-micro-batch", type=int, help="chats per forward pass for the naive baseline, "
                         "with accumulation keeping the batch (its full logits may not fit otherwise)")
@@ -343,8 +366,8 @@ def main(argv=None):
               f"Loading and tokenizing: {tokenize_seconds:.1f} s.\n")
         configurations = [("project", "")]
         if args.variants:
-            configurations += [("project", "with dropout"), ("project", "with written-out GELU"),
-                               ("project", "without label-only head"), ("project", "without length grouping")]
+            configurations += [("project", variant) for variant in variants(device)
+                               if args.variants == "all" or variant in args.variants.split(",")]
         if not args.no_naive:
             configurations.append(("naive", ""))
         rows = []
@@ -353,7 +376,8 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as out_dir:
                 rows.append(run_configuration(name, variant, source, tokenizer, train_set, run_args, device,
                                               Path(out_dir)))
-            print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
+            print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step (warm-up pass "
+                  f"{rows[-1]['warm_up_s']:.1f} s)", flush=True)
         print(f"\nMatrix multiply, best measured so far: {peak_rate / 1e12:.3f} TFLOP/s\n")
         print_table(rows, peak_rate, device)
         if not args.no_naive:

@@ -4,6 +4,8 @@
 # (16 x 1 instead of train_chatbot.py's 4 x 4: the same optimizer steps, fewer, larger passes).
 # Prints tokens/s, MFU against the card's measured bf16 matmul rate, peak memory, and the whole run's
 # wall time (loading and tokenization included; no download: the model is built from its config).
+# Then, on 1,000 of the chats for one epoch, the options whose worth only a GPU can show: --compile,
+# gradient checkpointing, and the dataloader workers (off).
 #
 #   bash bench/gpu_check.sh                 # on the GPU machine
 #   TINY=1 bash bench/gpu_check.sh          # a 2-layer model and 12 chats: checks the script on any machine
@@ -24,8 +26,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 if [ "${TINY:-0}" = 1 ]; then
     size=(--tiny --conversations 12 --epochs 1 --batch-size 4)
+    slice=(--tiny --conversations 8 --epochs 1 --batch-size 4)
 else
     size=(--conversations 5000 --epochs 3 --batch-size 16)
+    slice=(--conversations 1000 --epochs 1 --batch-size 16)
 fi
-HF_HUB_OFFLINE=1 python bench/benchmark.py --workload long --no-naive "${size[@]}" \
-    --json "${OUT:-.}/gpu_check.json"
+export HF_HUB_OFFLINE=1
+mkdir -p "${OUT:-.}"
+python bench/benchmark.py --workload long --no-naive "${size[@]}" --json "${OUT:-.}/gpu_check.json"
+python bench/benchmark.py --workload long --no-naive "${slice[@]}" --json "${OUT:-.}/gpu_check_options.json" \
+    --variants "with --compile,with gradient checkpointing,without dataloader workers"

@@ -48,14 +48,17 @@ class TrainConfig:
                                         "head) or names separated by commas, e.g. c_attn or q_proj,v_proj")
     report_to: str = _setting("also log to 'tensorboard' (./runs/OUTPUT_DIR name) or 'wandb', installed separately; "
                               "'none': the console and loss_curve.png only")
-    gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, ~30% slower")
+    gradient_checkpointing: bool = _setting("recompute activations in the backward pass: less memory, a little "
+                                            "slower (BENCHMARKS.md)")
+    compile: bool = _setting("torch.compile each of the model's blocks, at the first steps (BENCHMARKS.md: slower "
+                             "on a CPU, where it also needs a C++ compiler)")
     offline: bool = _setting("use the offline starter kit (Gemma 3 270M + chatterbot corpus) without asking the Hub")
     overwrite: bool = _setting("replace OUTPUT_DIR even if it holds a model trained with other settings")
     trust_remote_code: bool = _setting("allow a model repository to run its own Python code (off by default)")
 
     # Settings that change how a run is controlled or logged, not what it learns: a re-run or a resume
     # may change them and still count as the same run.
-    RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps", "report_to")
+    RUN_CONTROLS = ("overwrite", "resume", "save_steps", "logging_steps", "report_to", "compile")
 
     @property
     def uses_lora(self) -> bool:

@@ -28,6 +28,11 @@ def processes_on_this_machine() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
+def cores_per_process() -> int:
+    """This machine's CPU cores, shared among the training processes that run on it."""
+    return max(1, (os.cpu_count() or 1) // processes_on_this_machine())
+
+
 def sharded() -> str | None:
     """'FSDP' or 'DeepSpeed' when the accelerate config shards the model over the processes, else None."""
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":

@@ -15,7 +15,6 @@ For ordinary text the ids are exactly those of `apply_chat_template` (tested).
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -88,11 +87,10 @@ KEEP_CACHED = 8  # tokenized sets kept on disk, newest first
 
 
 def tokenize_workers(count: int) -> int:
-    """Processes for tokenizing `count` chats: this machine's cores shared among the training processes."""
-    from .distributed import processes_on_this_machine
+    """Processes for tokenizing `count` chats: the cores this training process may use, up to 8."""
+    from .distributed import cores_per_process
 
-    cores = (os.cpu_count() or 1) // processes_on_this_machine()
-    return max(1, min(cores, 8)) if count >= PARALLEL_FROM else 1
+    return min(cores_per_process(), 8) if count >= PARALLEL_FROM else 1
 
 
 def _encode_row(row, tokenizer, max_length):

@@ -12,6 +12,12 @@
   over the whole vocabulary (50k words for GPT-2, 262k for Gemma), but only the positions followed by
   a trained token need them, and they are scored a chunk at a time (LabelledTokensLoss) so memory
   stays flat. On CUDA, TRL's fused head already does this with its Triton kernel.
+- Tokenized chats cached on disk (masking.tokenize_chats): a rerun on the same chats skips tokenizing.
+- On CUDA, dataloader workers pad the next batches while the GPU computes (train.make_sft_config);
+  fused AdamW is transformers' default optimizer with this torch.
+
+Off by default, with what they gave in BENCHMARKS.md: --compile (compile_blocks) and
+--gradient-checkpointing.
 """
 
 import torch
@@ -36,6 +42,22 @@ def label_only_logits_possible(model) -> bool:
     text_config = model.config.get_text_config()
     return (model.get_output_embeddings() is not None
             and all(getattr(text_config, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS))
+
+
+def compile_blocks(model) -> tuple[int, str] | None:
+    """torch.compile every block of the model's layer stack, in place; returns (how many, block class).
+
+    Per block rather than the whole model: the blocks share their code, so one compilation serves all
+    of them, and the model stays the same object, so the label-only head (which calls the layer stack
+    directly), saving and LoRA see no wrapper. Compiling happens at the first forward pass, and again
+    once when the batch length first changes (then for any length)."""
+    for module in model.modules():
+        if (isinstance(module, torch.nn.ModuleList) and len(module) > 1
+                and len({type(block) for block in module}) == 1):
+            for block in module:
+                block.compile()
+            return len(module), type(module[0]).__name__
+    return None
 
 
 class LabelledTokensLoss(torch.autograd.Function):

@@ -21,6 +21,7 @@ from .errors import Interrupted, UserError, first_line
 from .metadata import TrainingMetadata
 
 RULE = "=" * 78
+DATALOADER_WORKERS_ON_GPU = 2  # processes that collate batches while a GPU trains (none on a CPU)
 
 
 def banner(text: str) -> None:
@@ -128,25 +129,28 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def training_errors_explained(config: TrainConfig, device: str, checkpoints: Path):
-    """Out of memory and a full disk, the two ways a good setup still fails, as advice with current values."""
+    """Out of memory, a full disk and a failed --compile: the ways a good setup still fails, as advice."""
     try:
         yield
-    except (RuntimeError, MemoryError) as error:
-        if not is_out_of_memory(error):
-            raise
-        batch, accumulate = config.batch_size, config.gradient_accumulation_steps
-        smaller = (batch // 2, accumulate * 2) if batch % 2 == 0 else (1, accumulate * batch)
-        advice = [f"--batch-size {smaller[0]} --gradient-accumulation-steps {smaller[1]} (the same effective "
-                  f"batch of {config.effective_batch_size})" if batch > 1 else None,
-                  f"--max-length {config.max_length // 2}",
-                  "--gradient-checkpointing" if not config.gradient_checkpointing else None]
-        raise UserError(f"out of memory on {device} with --batch-size {config.batch_size}, "
-                        f"--gradient-accumulation-steps {config.gradient_accumulation_steps}, --max-length "
-                        f"{config.max_length}. Try " + ", or ".join(a for a in advice if a) + ".") from None
-    except OSError as error:
-        raise UserError(f"could not write a checkpoint to {checkpoints}: {error.strerror or first_line(error)} "
-                        "(is the disk full?). Free some space and run the same command again: it resumes from "
-                        "the newest complete checkpoint.") from None
+    except Exception as error:
+        if config.compile and type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise UserError(f"--compile: torch.compile failed on {device}: {first_line(error)}. Run without "
+                            "--compile (on a CPU, torch.compile needs a working C++ compiler: gcc or clang)") from None
+        if isinstance(error, (RuntimeError, MemoryError)) and is_out_of_memory(error):
+            batch, accumulate = config.batch_size, config.gradient_accumulation_steps
+            smaller = (batch // 2, accumulate * 2) if batch % 2 == 0 else (1, accumulate * batch)
+            advice = [f"--batch-size {smaller[0]} --gradient-accumulation-steps {smaller[1]} (the same effective "
+                      f"batch of {config.effective_batch_size})" if batch > 1 else None,
+                      f"--max-length {config.max_length // 2}",
+                      "--gradient-checkpointing" if not config.gradient_checkpointing else None]
+            raise UserError(f"out of memory on {device} with --batch-size {config.batch_size}, "
+                            f"--gradient-accumulation-steps {config.gradient_accumulation_steps}, --max-length "
+                            f"{config.max_length}. Try " + ", or ".join(a for a in advice if a) + ".") from None
+        if isinstance(error, OSError):
+            raise UserError(f"could not write a checkpoint to {checkpoints}: {error.strerror or first_line(error)} "
+                            "(is the disk full?). Free some space and run the same command again: it resumes "
+                            "from the newest complete checkpoint.") from None
+        raise
 
 
 def prepare_reporting(config: TrainConfig, output_dir: Path) -> Path | None:
@@ -207,13 +211,19 @@ def lora_summary(model, config: TrainConfig) -> dict | None:
                      + " saved in this folder; the adapter alone in adapter/"}
 
 
-def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_eval: bool, resuming: bool,
-                    on_cpu: bool = False):
-    """Our settings in TRL's terms."""
+def make_sft_config(config: TrainConfig, checkpoints: Path, device: str, precision: str, has_eval: bool,
+                    resuming: bool):
+    """Our settings in TRL's terms, for a device and precision from pick_device()."""
     from trl import SFTConfig
 
+    # On a GPU, worker processes pad the next batches while the GPU computes (about 3 ms per batch of 16
+    # long chats on a CPU core); on a CPU they would take cores from training.
+    on_gpu = device.startswith("cuda")
+    loader_workers = min(DATALOADER_WORKERS_ON_GPU, distributed.cores_per_process()) if on_gpu else 0
     return SFTConfig(
-        use_cpu=on_cpu,  # several processes without a GPU form a CPU (gloo) group only when asked to
+        use_cpu=device.startswith("cpu"),  # several processes without a GPU form a CPU (gloo) group only when asked
+        dataloader_num_workers=loader_workers,
+        dataloader_persistent_workers=loader_workers > 0,  # not started again for every epoch and evaluation
         ddp_find_unused_parameters=False,  # every weight of a causal LM takes part in each step: skip the search
         log_level_replica="error",  # the other processes' library warnings repeat the main one's
         output_dir=str(checkpoints),
@@ -222,7 +232,7 @@ def make_sft_config(config: TrainConfig, checkpoints: Path, precision: str, has_
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers' new name for it
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         max_length=config.max_length,
@@ -257,7 +267,7 @@ def run_training(config: TrainConfig) -> Path:
     import torch
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
 
-    from .speed import FastSFTTrainer
+    from .speed import FastSFTTrainer, compile_blocks
 
     output_dir = Path(config.output_dir)
     settings = dataclasses.asdict(config)
@@ -336,8 +346,8 @@ def run_training(config: TrainConfig) -> Path:
     try:
         checkpoints = (save.start_checkpoints(output_dir, settings, resuming=resume_from is not None)
                        if main_process else save.checkpoints_dir(output_dir))
-        args = make_sft_config(config, checkpoints, precision, has_eval=eval_set is not None,
-                               resuming=resume_from is not None, on_cpu=device.startswith("cpu"))
+        args = make_sft_config(config, checkpoints, device, precision, has_eval=eval_set is not None,
+                               resuming=resume_from is not None)
         trainer = FastSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                  processing_class=tokenizer, peft_config=peft_config)
         lora = lora_summary(trainer.model, config)
@@ -387,6 +397,10 @@ def run_training(config: TrainConfig) -> Path:
             print(f"Estimated time on this CPU: {estimate}.")
         if resume_from is not None:
             print(f"\nResuming from {resume_from} (pass --no-resume to start over).")
+        if config.compile:  # after the CPU estimate, which would otherwise time the compiling
+            compiled = compile_blocks(trainer.model)
+            print(f"torch.compile: {compiled[0]} {compiled[1]} blocks, compiled during the first steps."
+                  if compiled else "torch.compile: this model has no stack of identical blocks; --compile ignored.")
         global_batch = config.effective_batch_size * processes
         on_processes = f" x {processes} processes" if processes > 1 else ""
         print(f"\nTraining: {total_steps} optimizer steps of {global_batch} conversations ({config.batch_size} x "

@@ -178,6 +178,16 @@ def test_out_of_memory_names_the_remedies_with_the_current_values(tiny_gpt2_dir,
     assert not out_dir.exists() and leftovers(tmp_path) == []
 
 
+def test_compile_without_a_cpp_compiler_says_to_run_without_it(tiny_gpt2_dir, chats_jsonl, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # what torch.compile finds on a bare CPU box
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no kernels compiled earlier
+    out_dir = tmp_path / "out"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--compile"))
+    assert_clean_failure(result, "--compile: torch.compile failed on cpu", "--compile: torch.compile failed")
+    assert "Run without --compile" in result.stderr and "C++ compiler" in result.stderr
+    assert not out_dir.exists() and leftovers(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- interruption and resume
 
 

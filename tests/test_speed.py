@@ -1,6 +1,7 @@
 """Each speed-up changes the speed only: same loss, gradients and metrics; chats never see each other."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -26,12 +27,12 @@ def tiny_model():
     return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, attn_pdrop=0, resid_pdrop=0, embd_pdrop=0))
 
 
-def trainer_for(trainer_class, model, tokenizer, tmp_path):
+def trainer_for(trainer_class, model, tokenizer, tmp_path, **settings):
     from trl import SFTTrainer
 
     assert issubclass(trainer_class, SFTTrainer)
-    config = config_from_constants(vars(train_chatbot), batch_size=4, max_steps=1, seed=0)
-    args = make_sft_config(config, tmp_path, "fp32", has_eval=False, resuming=False)
+    config = config_from_constants(vars(train_chatbot), **{"batch_size": 4, "max_steps": 1, "seed": 0, **settings})
+    args = make_sft_config(config, tmp_path, "cpu", "fp32", has_eval=False, resuming=False)
     dataset, _ = masking.tokenize_chats(tokenizer, CHATS, 1024)
     return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
@@ -66,6 +67,68 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
             assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
     for metric in ("mean_token_accuracy", "entropy", "num_tokens"):
         assert reference._metrics["train"][metric] == pytest.approx(fast._metrics["train"][metric], rel=1e-5), metric
+
+
+def test_compiled_blocks_give_the_same_loss_and_gradients(chat_tokenizer, tmp_path):
+    """--compile: every block compiled in place, through the label-only head, batches of two lengths."""
+    from sft.speed import compile_blocks
+
+    eager_model = tiny_model()
+    compiled_model = copy.deepcopy(eager_model)
+    assert compile_blocks(compiled_model) == (2, "GPT2Block")
+    eager = trainer_for(FastSFTTrainer, eager_model, chat_tokenizer, tmp_path / "a")
+    compiled = trainer_for(FastSFTTrainer, compiled_model, chat_tokenizer, tmp_path / "b")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for rows in (range(4), range(4, 7)):
+        batch = eager.data_collator([eager.train_dataset[i] for i in rows])
+        losses = []
+        for trainer, model in ((eager, eager_model), (compiled, compiled_model)):
+            model.train()
+            model.zero_grad()
+            loss = trainer.compute_loss(model, dict(batch))
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        for (name, a), (_, b) in zip(eager_model.named_parameters(), compiled_model.named_parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled, not run eagerly
+    assert compiled_model.state_dict().keys() == eager_model.state_dict().keys()  # saved as usual
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients(chat_tokenizer, tmp_path):
+    plain_model = tiny_model()
+    checkpointed_model = copy.deepcopy(plain_model)
+    plain = trainer_for(FastSFTTrainer, plain_model, chat_tokenizer, tmp_path / "a")
+    checkpointed = trainer_for(FastSFTTrainer, checkpointed_model, chat_tokenizer, tmp_path / "b",
+                               gradient_checkpointing=True)
+    checkpointed.train()  # one step: the Trainer switches checkpointing on, if the flag reached it
+    assert all(block.gradient_checkpointing for block in checkpointed_model.transformer.h)
+    plain_model.load_state_dict(checkpointed_model.state_dict())
+    batch = plain.data_collator([plain.train_dataset[i] for i in range(4)])
+    losses, mlp_calls = [], []
+    for trainer, model in ((plain, plain_model), (checkpointed, checkpointed_model)):
+        calls = []
+        for block in model.transformer.h:  # counted in forward itself: the recomputation skips module hooks
+            block.mlp.forward = lambda *args, _forward=block.mlp.forward: calls.append(1) or _forward(*args)
+        model.train()
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        losses.append(loss.item())
+        mlp_calls.append(len(calls))
+    assert mlp_calls == [2, 4]  # each block's forward runs again in the backward pass
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for (name, a), (_, b) in zip(plain_model.named_parameters(), checkpointed_model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_dataloader_workers_collate_only_beside_a_gpu(tmp_path):
+    config = config_from_constants(vars(train_chatbot))
+    on_gpu = make_sft_config(config, tmp_path, "cuda (NVIDIA H100)", "fp32", has_eval=True, resuming=False)
+    on_cpu = make_sft_config(config, tmp_path, "cpu (2 threads)", "fp32", has_eval=True, resuming=False)
+    assert (on_gpu.dataloader_num_workers, on_gpu.dataloader_persistent_workers) == (min(2, os.cpu_count()), True)
+    assert (on_cpu.dataloader_num_workers, on_cpu.dataloader_persistent_workers, on_cpu.use_cpu) == (0, False, True)
 
 
 def test_a_padded_batch_scores_each_chat_as_if_it_were_alone(chat_tokenizer, tmp_path):
@@ -146,3 +209,6 @@ def test_gpu_check_script_runs_at_a_tiny_size(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "| project |" in result.stdout and "Project, whole run:" in result.stdout
     assert (tmp_path / "gpu_check.json").is_file()
+    options = [row["configuration"] for row in json.loads((tmp_path / "gpu_check_options.json").read_text())
+               ["workloads"]["long"]["rows"]]
+    assert options == ["project", "project with --compile", "project with gradient checkpointing"]  # CPU: no workers
