@@ -123,12 +123,21 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradien
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
 
 
-def test_dataloader_workers_collate_only_beside_a_gpu(tmp_path):
+def test_dataloader_workers_collate_only_beside_a_gpu_and_give_the_same_batches(chat_tokenizer, tmp_path):
     config = config_from_constants(vars(train_chatbot))
     on_gpu = make_sft_config(config, tmp_path, "cuda (NVIDIA H100)", "fp32", has_eval=True, resuming=False)
     on_cpu = make_sft_config(config, tmp_path, "cpu (2 threads)", "fp32", has_eval=True, resuming=False)
     assert (on_gpu.dataloader_num_workers, on_gpu.dataloader_persistent_workers) == (min(2, os.cpu_count()), True)
     assert (on_cpu.dataloader_num_workers, on_cpu.dataloader_persistent_workers, on_cpu.use_cpu) == (0, False, True)
+
+    batches = []
+    for workers in (0, 2):
+        trainer = trainer_for(FastSFTTrainer, tiny_model(), chat_tokenizer, tmp_path / str(workers))
+        trainer.args.dataloader_num_workers, trainer.args.dataloader_persistent_workers = workers, workers > 0
+        loader = trainer.get_train_dataloader()
+        assert loader.num_workers == workers
+        batches.append([{k: v.tolist() for k, v in batch.items()} for batch in loader])
+    assert len(batches[0]) == 3 and batches[0] == batches[1]  # the same chats, in the same order and padding
 
 
 def test_a_padded_batch_scores_each_chat_as_if_it_were_alone(chat_tokenizer, tmp_path):
