@@ -1,6 +1,7 @@
 """test_chatbot.py: the behaviour metrics, compare mode end to end, and the interactive chat."""
 
 import json
+import signal
 import sys
 
 import pexpect
@@ -116,9 +117,12 @@ def test_chat_text_cannot_forge_a_turn_or_a_special_token(chat_tokenizer):
 
 
 def spawn_chat(model_dir, *extra):
+    # Ctrl-C reaches the chat as in a terminal even when pytest itself was started in the background,
+    # where the shell sets SIGINT to be ignored and child processes inherit that.
     child = pexpect.spawn(sys.executable, [str(ROOT / "test_chatbot.py"), "--mode", "interactive", "--model",
                                            str(model_dir), *extra], cwd=str(ROOT), encoding="utf-8", timeout=120,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TERM": "dumb"})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect("/help lists commands")
     child.expect_exact("User: ")
     return child
