@@ -19,12 +19,13 @@ Configurations:
 
 Each configuration trains from the same initial weights on the same chats for --epochs (one by default),
 after one untimed warm-up pass. The whole run's time adds loading and tokenizing, building the model
-and the trainer (with SFTTrainer's pass over the data) and the warm-up pass to the training time. Figures: trained (assistant) tokens/s,
-processed (non-padding) tokens/s, the share of computed positions that are padding, seconds per
-optimizer step, peak memory, and the achieved FLOP rate: (6 x parameters x tokens + 12 x layers x width
-x length^2 per chat) / step time, the nanoGPT/PaLM count, against the matrix-multiply rate measured on
-this machine (fp32 on a CPU, bf16 on CUDA; the best of the measurements taken at the start and before
-each configuration): on CUDA that ratio is the MFU.
+and the trainer (with SFTTrainer's pass over the data) and the warm-up pass to the training time.
+Figures: trained (assistant) tokens/s, processed (non-padding) tokens/s, the share of computed
+positions that are padding, seconds per optimizer step, peak memory, and the achieved FLOP rate:
+(6 x parameters x tokens + 12 x layers x width x length^2 per chat) / step time, the nanoGPT/PaLM
+count, against the matrix-multiply rate measured on this machine (fp32 on a CPU, bf16 on CUDA; the
+best of the measurements taken at the start and before each configuration): on CUDA that ratio is
+the MFU.
 """
 
 import argparse
@@ -341,6 +342,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="a 2-layer GPT-2 for the long workload (for testing)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
+    known = set(variants("cuda")) | set(variants("cpu"))  # a misspelt name would otherwise measure nothing
+    if args.variants and args.variants != "all" and (unknown := set(args.variants.split(",")) - known):
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
 
     import tempfile
 
