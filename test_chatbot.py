@@ -13,9 +13,10 @@ import argparse
 from pathlib import Path
 
 from sft import compare, models
-from sft.chat import answer_once, repl
+from sft.chat import repl
 from sft.chat_format import install_chat_template
 from sft.errors import exit_on_user_error
+from sft.generation import Decoding, answer_once, check_prompt_lengths, load_for_generation
 from sft.metadata import read_metadata
 
 MODEL_DIR = "./chatbot-finetuned"
@@ -45,34 +46,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load(source):
-    import torch
-
-    tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, dtype=torch.float32)
-    model.to(models.best_device())
-    return model.eval(), tokenizer
-
-
 def run_compare(args, decoding):
     prompts = compare.read_prompts(args.prompts) if args.prompts else compare.DEFAULT_PROMPTS
     metadata = read_metadata(args.model)
     if metadata is None:  # the tutorial's "test without training": show the base model alone
         print(f"No fine-tuned model in {args.model}: showing the base model alone.\n"
               "Train one with: python quick_test.py (minutes) or python train_chatbot.py (full run).")
-        source = models.resolve_base_model(args.base_model, args.offline)
-        if source.notice:
-            print(source.notice)
-        base, tokenizer = load(source)
+        base, tokenizer = load_for_generation(models.find_base_model(args.base_model, args.offline))
         install_chat_template(tokenizer)
         contenders = {"base": base}
     else:
         base_source = models.base_source_from_metadata(metadata)
-        tuned, tokenizer = load(models.finetuned_source(args.model))  # its chat template renders every prompt
-        contenders = {"base": load(base_source)[0], "fine-tuned": tuned}
+        tuned, tokenizer = load_for_generation(models.finetuned_source(args.model))  # its chat template renders every prompt
+        contenders = {"base": load_for_generation(base_source)[0], "fine-tuned": tuned}
 
     window = models.context_window(contenders["base"]) or 2048
-    compare.check_prompt_lengths(tokenizer, prompts, window, args.max_new_tokens)
+    check_prompt_lengths(tokenizer, prompts, window, args.max_new_tokens)
     results, summaries = {}, {}
     for name, model in contenders.items():
         print(f"Generating with the {name} model ({len(prompts)} prompts)...", flush=True)
@@ -87,7 +76,7 @@ def run_compare(args, decoding):
 
 
 def run_chat(args, decoding):
-    model, tokenizer = load(models.finetuned_source(args.model))
+    model, tokenizer = load_for_generation(models.finetuned_source(args.model))
     window = models.context_window(model) or 2048
     if args.prompt is not None:  # one answer, printed whole: for scripts
         print(answer_once(model, tokenizer, [{"role": "user", "content": args.prompt}], decoding, window,
@@ -99,7 +88,7 @@ def run_chat(args, decoding):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    decoding = compare.Decoding(max_new_tokens=args.max_new_tokens, sample=args.sample,
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, sample=args.sample,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.prompt is not None or args.mode == "interactive":
         run_chat(args, decoding)

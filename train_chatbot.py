@@ -6,49 +6,104 @@
     python train_chatbot.py --dataset-name my_chats.jsonl    # your own data (see README: formats)
     python train_chatbot.py --offline                        # no Hub: the offline starter kit
 
-Every constant below is also a command-line flag (--help lists them).
+Every constant below is also a command-line flag (--help lists them, with these comments).
 """
 
-from sft.train import main_from_constants
+from pathlib import Path
 
-BASE_MODEL = "gpt2"  # 124M parameters; try "EleutherAI/pythia-160m" or "EleutherAI/pythia-410m"
-DATASET_NAME = "HuggingFaceH4/ultrachat_200k"
-DATASET_SPLIT = "train_sft"
-NUM_TRAIN_SAMPLES = 5000  # more chats, better chatbot (and a longer run)
-OUTPUT_DIR = "./chatbot-finetuned"
-NUM_EPOCHS = 3
-MAX_STEPS = 0  # if > 0, stop after this many optimizer steps instead of NUM_EPOCHS
-LEARNING_RATE = 2e-5  # with LORA, use about 10x more (2e-4)
-# 4 chats of up to 1,024 tokens (GPT-2's whole context) per forward pass, 4 passes summed into one
-# optimizer step: an effective batch of 16. The tutorial asks for a GPU with 8 GB or more.
+from accelerate.utils import set_seed
+
+from sft import chat_format, data, masking, metadata, models, save, settings
+from sft.callbacks import LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft.distributed import only_the_main_process_prints
+from sft.errors import exit_on_user_error
+from sft.lora import lora_config
+from sft.run import Run
+from sft.trainer import SFTTrainer, sft_config
+
+# --- settings ----------------------------------------------------------------------------------
+# What to train, on what
+BASE_MODEL = "gpt2"  # Hub name or local folder of the base model (124M; try EleutherAI/pythia-160m)
+DATASET_NAME = "HuggingFaceH4/ultrachat_200k"  # Hub dataset, or a local .jsonl/.json/.parquet/.csv file or folder
+DATASET_SPLIT = "train_sft"  # split to read from a Hub dataset or a saved DatasetDict
+NUM_TRAIN_SAMPLES = 5000  # chats to train on (more: a better chatbot and a longer run); held-out chats are extra
+OUTPUT_DIR = "./chatbot-finetuned"  # where the fine-tuned model folder is written
+# How long, how fast
+NUM_EPOCHS = 3.0  # passes over the training chats
+MAX_STEPS = 0  # if above 0: stop after this many optimizer steps instead of NUM_EPOCHS
+LEARNING_RATE = 2e-5  # peak AdamW learning rate, decayed linearly to 0 (with LoRA, use about 10x more)
+# 4 chats of up to 1,024 tokens per pass, 4 passes summed into one optimizer step: an effective batch of 16.
 # Out of memory? Halve BATCH_SIZE and double GRADIENT_ACCUMULATION_STEPS, lower MAX_LENGTH, or set
 # GRADIENT_CHECKPOINTING.
-BATCH_SIZE = 4
-GRADIENT_ACCUMULATION_STEPS = 4
-MAX_LENGTH = 1024  # tokens; longer chats are cut after their last whole answer that fits
-LORA = False  # True: train small adapters (LoRA) instead of every weight; less memory, bigger models
-QLORA = False  # True: LoRA on the base model held in 4 bits (NVIDIA GPU + pip install bitsandbytes)
-LORA_RANK = 16
-LORA_ALPHA = 32
-LORA_DROPOUT = 0.0
-LORA_TARGET_MODULES = "all-linear"  # or some layers by name, e.g. "c_attn" (GPT-2) or "q_proj,v_proj" (Llama)
-DROPOUT = 0.0  # GPT-2 was pretrained with 0.1; none trains faster (see BENCHMARKS.md)
-EVAL_FRACTION = 0.02  # held-out chats for the eval loss (at least 32)
-SEED = 42
-LOGGING_STEPS = 10
-REPORT_TO = "none"  # or "tensorboard" (pip install tensorboard; logs in ./runs/) or "wandb"
-SAVE_STEPS = 200  # checkpoint for --resume; Ctrl-C also saves one before stopping
-RESUME = True  # re-running an interrupted run continues from its newest checkpoint (--no-resume: start over)
-GRADIENT_CHECKPOINTING = False  # True: less memory, a little slower (BENCHMARKS.md)
-COMPILE = False  # True: torch.compile the model's blocks (BENCHMARKS.md: when it pays)
-OFFLINE = False  # True: use the offline kit without asking the Hub
-OVERWRITE = False
-TRUST_REMOTE_CODE = False
+BATCH_SIZE = 4  # chats per forward pass on each device
+GRADIENT_ACCUMULATION_STEPS = 4  # forward passes summed into one optimizer step
+MAX_LENGTH = 1024  # longest training sequence in tokens (GPT-2's whole context); longer chats are cut between turns
+DROPOUT = 0.0  # dropout while training (GPT-2 was pretrained with 0.1; none trains faster, see BENCHMARKS.md)
+# LoRA: train small adapters instead of every weight (less memory, bigger models)
+LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
+QLORA = False  # LoRA on the base model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory
+LORA_RANK = 16  # adapter size r
+LORA_ALPHA = 32  # adapters are scaled by alpha / r
+LORA_DROPOUT = 0.0  # dropout on the adapters' input while training
+LORA_TARGET_MODULES = "all-linear"  # layers that get adapters: all-linear, or names such as c_attn or q_proj,v_proj
+# Evaluation, logging, checkpoints
+EVAL_FRACTION = 0.02  # share of chats held out for the eval loss (at least 32)
+SEED = 42  # random seed: sampling, the held-out split, initialisation
+LOGGING_STEPS = 10  # optimizer steps between log lines
+REPORT_TO = "none"  # also log to tensorboard (pip install tensorboard; logs in ./runs/) or wandb
+SAVE_STEPS = 200  # optimizer steps between resumable checkpoints (the newest two are kept)
+RESUME = True  # run the same command again to continue an interrupted run (--no-resume: start over)
+GRADIENT_CHECKPOINTING = False  # recompute activations in the backward pass: less memory, a little slower
+COMPILE = False  # torch.compile the model's blocks (BENCHMARKS.md: when it pays)
+OFFLINE = False  # use the offline starter kit without asking the Hub
+OVERWRITE = False  # replace an OUTPUT_DIR (or checkpoints) left by a run with other settings
+TRUST_REMOTE_CODE = False  # let a model repository run its own Python code; leave off unless you trust it
 
 
+# --- the recipe ----------------------------------------------------------------------------------
+@exit_on_user_error
+@only_the_main_process_prints
 def main(argv=None, **overrides):
-    constants = {name: value for name, value in globals().items() if name.isupper()}
-    main_from_constants({**constants, **overrides}, __doc__, argv)
+    s = settings.parse({**settings.constants(globals()), **overrides}, argv, __doc__, Path(__file__))
+    with Run(s) as run:  # checks before any work; the output folder is ours until the run ends
+        set_seed(s.seed)
+
+        # 1. The tokenizer, with our chat template: "User: ...\nAssistant: ...<end-of-text>"
+        source = models.find_base_model(s.base_model, s.offline)
+        tokenizer = chat_format.load_chat_tokenizer(source, s.trust_remote_code)
+
+        # 2. The chats, as lists of {role, content} messages: NUM_TRAIN_SAMPLES to train on, some held out
+        chats = data.load_chat_data(s.dataset_name, s.dataset_split, s.num_train_samples, s.eval_fraction, s.seed,
+                                    s.offline)
+
+        # 3. Tokens and labels: each answer's tokens are their own label, everything else IGNORE_INDEX
+        train_set, eval_set, token_stats = masking.tokenize_chats_for_training(tokenizer, chats, s.max_length)
+
+        # 4. The base model, on the device Run picked (fp32 weights; bf16/fp16 autocast on a GPU)
+        model = models.load_model_for_training(source, s, run.device)
+
+        # 5. TRL's SFTTrainer: batches, loss on the labelled tokens, AdamW, evaluation, checkpoints
+        stop_on_ctrl_c = StopOnCtrlC()
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(s, run, evaluate=eval_set is not None),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer,
+            peft_config=lora_config(s, model),
+            callbacks=[LogLines(), stop_on_ctrl_c, NoCheckpointAtTheEnd()],
+        )
+        run.before_training(trainer, token_stats)  # LoRA's size, the CPU time estimate, --compile
+
+        # 6. Train: the first Ctrl-C saves a checkpoint and stops; the same command then resumes from it
+        with stop_on_ctrl_c, run.failures_explained():
+            trainer.train(resume_from_checkpoint=run.resume_from)
+        stop_on_ctrl_c.stop_if_requested(trainer)
+
+        # 7. Save the model and tokenizer (with its template), with what was trained, all at once or not at all
+        record = metadata.describe(run, trainer, source, chats, token_stats)
+        save.write_model_folder(run, trainer, tokenizer, record)
+    run.print_summary(record)
 
 
 if __name__ == "__main__":

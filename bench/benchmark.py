@@ -11,7 +11,7 @@ Workloads (both offline):
          from real English text with UltraChat-like lengths (most over 1,000 tokens before truncation)
 
 Configurations:
-  project  what train_chatbot.py runs (sft/speed.py): per-batch padding, length-grouped batches, no dropout,
+  project  what train_chatbot.py runs (sft/trainer.py): per-batch padding, length-grouped batches, no dropout,
            fused GELU (GPT-2), the LM head only at labelled positions off CUDA; on CUDA bf16, TF32 and
            dataloader workers. --variants adds it with one optimisation off or one option on.
   naive    transformers' Trainer with its defaults: every chat padded to MAX_LENGTH, the model's own dropout,
@@ -41,7 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sft import chat_format, masking, models  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from sft import chat_format, devices, masking, models, token_cache  # noqa: E402
+from sft.masking import IGNORE_INDEX  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -190,7 +193,7 @@ def record_batches(trainer, batches: Batches) -> None:
         lengths = inputs["attention_mask"].sum(1)
         batches.positions.append(inputs["input_ids"].numel())
         batches.tokens.append(lengths.sum())
-        batches.trained.append((inputs["labels"][:, 1:] != -100).sum())
+        batches.trained.append((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
         batches.attention.append((lengths.float() ** 2).sum())
         return training_step(model, inputs, *args, **kwargs)
 
@@ -215,16 +218,66 @@ def variants(device: str) -> list[str]:
             + ["without length grouping", "with --compile", "with gradient checkpointing"])
 
 
+class Clock(TrainerCallback):
+    """The time at the end of every optimizer step (after the GPU has finished it)."""
+
+    def __init__(self, device: str):
+        self.device, self.marks = device, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+
+
+def naive_trainer(model, tokenizer, train_set, args, out_dir):
+    """transformers' Trainer with its defaults: every chat padded to MAX_LENGTH, full logits, the model's dropout."""
+    from transformers import Trainer, TrainingArguments
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.max_length)
+    micro = args.naive_micro_batch or args.batch_size  # the same effective batch, in smaller passes
+    training_args = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=args.accumulation * args.batch_size // micro, num_train_epochs=args.epochs,
+        learning_rate=2e-5, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9,
+        seed=0, remove_unused_columns=False)
+    return Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collator)
+
+
+def project_trainer(variant, model, tokenizer, train_set, args, out_dir):
+    """What train_chatbot.py builds (sft_config, the project's SFTTrainer), with one variant applied."""
+    import trl
+
+    import train_chatbot
+    from sft import settings
+    from sft.run import Run
+    from sft.trainer import SFTTrainer, compile_blocks, sft_config
+
+    config = settings.from_constants(settings.constants(vars(train_chatbot)), num_epochs=args.epochs, max_steps=0,
+                                     batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+                                     max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0,
+                                     output_dir=str(out_dir / "model"),
+                                     gradient_checkpointing=variant == "with gradient checkpointing")
+    sft_args = sft_config(config, Run(config), evaluate=False)
+    sft_args.disable_tqdm = True
+    if variant == "without length grouping":
+        sft_args.train_sampling_strategy = "random"
+    if variant == "without dataloader workers":
+        sft_args.dataloader_num_workers, sft_args.dataloader_persistent_workers = 0, False
+    trainer_class = trl.SFTTrainer if variant == "without label-only head" else SFTTrainer
+    trainer = trainer_class(model=model, args=sft_args, train_dataset=train_set, processing_class=tokenizer)
+    if variant == "with --compile":
+        compile_blocks(model)
+    return trainer
+
+
 def run_configuration(name, variant, source, tokenizer, train_set, args, device, out_dir):
     """Train for warm-up + measured steps (or the whole run) and return the figures."""
     import torch
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-    from trl import SFTTrainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    from sft.speed import FastSFTTrainer, compile_blocks
-    from sft.config import config_from_constants
-    from sft.train import make_sft_config, pick_device
+    from transformers import PrinterCallback
 
     set_up_started = time.perf_counter()
     naive = name == "naive"
@@ -234,48 +287,13 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     text_config = model.config.get_text_config()
     layers, width = text_config.num_hidden_layers, text_config.hidden_size
     batches = Batches()
-    pad = tokenizer.pad_token_id
-    if naive:
-        rows = train_set.map(lambda r: {"labels": [t if m else -100 for t, m in zip(r["input_ids"],
-                                                                                 r["assistant_masks"])]},
-                             remove_columns=["assistant_masks"])
-        collator = DataCollatorForLanguageModeling(pad_token_id=pad, pad_to_multiple_of=args.max_length)
-        micro = args.naive_micro_batch or args.batch_size  # the same effective batch, in smaller passes
-        training_args = TrainingArguments(
-            output_dir=str(out_dir), per_device_train_batch_size=micro,
-            gradient_accumulation_steps=args.accumulation * args.batch_size // micro, num_train_epochs=args.epochs,
-            learning_rate=2e-5, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**9,
-            seed=0, remove_unused_columns=False)
-        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=collator)
-    else:
-        import train_chatbot
+    trainer = (naive_trainer(model, tokenizer, train_set, args, out_dir) if naive
+               else project_trainer(variant, model, tokenizer, train_set, args, out_dir))
 
-        config = config_from_constants(vars(train_chatbot), num_epochs=args.epochs, max_steps=0,
-                                       batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
-                                       max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0,
-                                       gradient_checkpointing=variant == "with gradient checkpointing")
-        sft_args = make_sft_config(config, out_dir, *pick_device(), has_eval=False, resuming=False)
-        sft_args.disable_tqdm = True
-        if variant == "without length grouping":
-            sft_args.train_sampling_strategy = "random"
-        if variant == "without dataloader workers":
-            sft_args.dataloader_num_workers, sft_args.dataloader_persistent_workers = 0, False
-        trainer_class = SFTTrainer if variant == "without label-only head" else FastSFTTrainer
-        trainer = trainer_class(model=model, args=sft_args, train_dataset=train_set, processing_class=tokenizer)
-        if variant == "with --compile":
-            compile_blocks(model)
-
-    marks = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args_, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            marks.append(time.perf_counter())
-
+    clock = Clock(device)
     record_batches(trainer, batches)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(Clock)
+    trainer.add_callback(clock)
     warm_up_started = time.perf_counter()
     warm_up(trainer, model, batches)  # with --compile: compiles
     warm_up_seconds = time.perf_counter() - warm_up_started
@@ -287,7 +305,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     trainer.train()
     wall = time.perf_counter() - started
 
-    seconds, steps_measured = marks[-1] - started, len(marks)
+    seconds, steps_measured = clock.marks[-1] - started, len(clock.marks)
     tokens, trained = batches.total("tokens"), batches.total("trained")
     positions, attention = batches.total("positions"), batches.total("attention")
     flops = 6 * parameters * tokens + 12 * layers * width * attention
@@ -326,7 +344,7 @@ def print_table(rows, peak_rate, device):
               f"{r['flops'] / peak_rate:.0%} |")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=["short", "long", "both"], default="both")
     parser.add_argument("--conversations", type=int, default=None, help="default: 100 (short), 24 (long)")
@@ -345,63 +363,63 @@ def main(argv=None):
     known = set(variants("cuda")) | set(variants("cpu"))  # a misspelt name would otherwise measure nothing
     if args.variants and args.variants != "all" and (unknown := set(args.variants.split(",")) - known):
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return args
 
+
+def measure_workload(workload: str, args, device: str, peak_rate: float) -> tuple[dict, float]:
+    """Every configuration on one workload: (its figures, the best matmul rate measured so far)."""
     import tempfile
 
-    from sft.train import quiet_library_chatter
+    run_args = argparse.Namespace(**{**vars(args), "batch_size": args.batch_size or (5 if workload == "short" else 4)})
+    started = time.perf_counter()
+    source, tokenizer, chats, description = load_workload(workload, args.conversations or
+                                                          (100 if workload == "short" else 24), args.tiny)
+    chat_format.install_chat_template(tokenizer)
+    train_set, stats = token_cache.tokenize_chats(tokenizer, chats, args.max_length)
+    tokenize_seconds = time.perf_counter() - started
+    lengths = sorted(len(masking.encode_chat(tokenizer, c).input_ids) for c in chats[:200])
+    print(f"## {workload}: {description}; {len(train_set)} chats, batch {run_args.batch_size} x "
+          f"{args.accumulation}, max_length {args.max_length}")
+    print(f"Chat lengths before truncation (first 200): median {lengths[len(lengths) // 2]}, "
+          f"{sum(n > 1000 for n in lengths) / len(lengths):.0%} over 1,000 tokens; "
+          f"{stats['truncated']} cut at a turn boundary, {stats['dropped']} dropped. "
+          f"Loading and tokenizing: {tokenize_seconds:.1f} s.\n")
+    configurations = [("project", "")] + [("project", variant) for variant in variants(device) if args.variants and (
+        args.variants == "all" or variant in args.variants.split(","))] + ([] if args.no_naive else [("naive", "")])
+    rows = []
+    for name, variant in configurations:
+        peak_rate = max(peak_rate, matmul_rate(device))  # the machine's best, measured again before each
+        with tempfile.TemporaryDirectory() as out_dir:
+            rows.append(run_configuration(name, variant, source, tokenizer, train_set, run_args, device, Path(out_dir)))
+        print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step (warm-up pass "
+              f"{rows[-1]['warm_up_s']:.1f} s)", flush=True)
+    print(f"\nMatrix multiply, best measured so far: {peak_rate / 1e12:.3f} TFLOP/s\n")
+    print_table(rows, peak_rate, device)
+    if not args.no_naive:
+        print(f"\nProject vs naive, trained tokens/s: {rows[0]['trained_tok_s'] / rows[-1]['trained_tok_s']:.1f}x")
+    project = rows[0]
+    print(f"Project, whole run: {tokenize_seconds + project['set_up_s'] + project['wall_s']:.1f} s (loading "
+          f"and tokenizing {tokenize_seconds:.1f} s + model, trainer and warm-up pass {project['set_up_s']:.1f} s "
+          f"+ training {project['wall_s']:.1f} s)\n")
+    return {"tokenize_seconds": tokenize_seconds, "rows": rows, "batch_size": run_args.batch_size,
+            "accumulation": args.accumulation}, peak_rate
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from sft.console import quiet_library_chatter
 
     quiet_library_chatter()
-    device = models.best_device()
+    device = devices.best_device()
     peak_rate = matmul_rate(device)
     print(f"Machine: {describe_machine(device)}")
     print(f"Matrix multiply ({'bf16' if device == 'cuda' else 'fp32'}): {peak_rate / 1e12:.3f} TFLOP/s measured\n")
-
-    results = {"machine": describe_machine(device), "matmul_flops": peak_rate, "workloads": {}}
+    results = {"machine": describe_machine(device), "workloads": {}}
     for workload in (["short", "long"] if args.workload == "both" else [args.workload]):
-        run_args = argparse.Namespace(**vars(args))
-        run_args.batch_size = args.batch_size or (5 if workload == "short" else 4)
-        count = args.conversations or (100 if workload == "short" else 24)
-        started = time.perf_counter()
-        source, tokenizer, chats, description = load_workload(workload, count, args.tiny)
-        chat_format.install_chat_template(tokenizer)
-        train_set, stats = masking.tokenize_chats(tokenizer, chats, args.max_length)
-        tokenize_seconds = time.perf_counter() - started
-        lengths = sorted(len(masking.encode_chat(tokenizer, c).input_ids) for c in chats[:200])
-        print(f"## {workload}: {description}; {len(train_set)} chats, batch {run_args.batch_size} x "
-              f"{args.accumulation}, max_length {args.max_length}")
-        print(f"Chat lengths before truncation (first 200): median {lengths[len(lengths) // 2]}, "
-              f"{sum(n > 1000 for n in lengths) / len(lengths):.0%} over 1,000 tokens; "
-              f"{stats['truncated']} cut at a turn boundary, {stats['dropped']} dropped. "
-              f"Loading and tokenizing: {tokenize_seconds:.1f} s.\n")
-        configurations = [("project", "")]
-        if args.variants:
-            configurations += [("project", variant) for variant in variants(device)
-                               if args.variants == "all" or variant in args.variants.split(",")]
-        if not args.no_naive:
-            configurations.append(("naive", ""))
-        rows = []
-        for name, variant in configurations:
-            peak_rate = max(peak_rate, matmul_rate(device))  # the machine's best, measured again before each
-            with tempfile.TemporaryDirectory() as out_dir:
-                rows.append(run_configuration(name, variant, source, tokenizer, train_set, run_args, device,
-                                              Path(out_dir)))
-            print(f"  {rows[-1]['configuration']}: {rows[-1]['s_per_step']:.2f} s/step (warm-up pass "
-                  f"{rows[-1]['warm_up_s']:.1f} s)", flush=True)
-        print(f"\nMatrix multiply, best measured so far: {peak_rate / 1e12:.3f} TFLOP/s\n")
-        print_table(rows, peak_rate, device)
-        if not args.no_naive:
-            print(f"\nProject vs naive, trained tokens/s: {rows[0]['trained_tok_s'] / rows[-1]['trained_tok_s']:.1f}x")
-        project = rows[0]
-        print(f"Project, whole run: {tokenize_seconds + project['set_up_s'] + project['wall_s']:.1f} s (loading "
-              f"and tokenizing {tokenize_seconds:.1f} s + model, trainer and warm-up pass {project['set_up_s']:.1f} s "
-              f"+ training {project['wall_s']:.1f} s)")
-        print()
-        results["matmul_flops"] = peak_rate
-        results["workloads"][workload] = {"tokenize_seconds": tokenize_seconds, "rows": rows,
-                                          "batch_size": run_args.batch_size, "accumulation": args.accumulation}
+        results["workloads"][workload], peak_rate = measure_workload(workload, args, device, peak_rate)
+    results["matmul_flops"] = peak_rate
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

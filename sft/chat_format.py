@@ -57,6 +57,15 @@ def install_chat_template(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def load_chat_tokenizer(source, trust_remote_code: bool = False):
+    """The base model's tokenizer (models.ModelSource), with our chat template and a pad token."""
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    install_chat_template(tokenizer)
+    return tokenizer
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as the model sees it, as text."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

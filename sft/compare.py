@@ -13,12 +13,12 @@ import dataclasses
 import json
 import re
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .chat_format import ROLE_LABELS
 from .errors import UserError
+from .generation import Decoding, generate_batch
 
 # The tutorial's four prompts, then a few other kinds of request.
 DEFAULT_PROMPTS = [
@@ -76,26 +76,7 @@ def cut_at_role(answer: str) -> str:
     return answer[:match.start()].rstrip() if match else answer
 
 
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Decoding:
-    max_new_tokens: int = 150
-    sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 42
-    batch_size: int = 8
-
-    def generate_kwargs(self, tokenizer) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sample,
-                  "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-        if self.sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        else:  # greedy: make sure no sampling setting from generation_config.json leaks in
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        return kwargs
+# ----------------------------------------------------------------------------- answers
 
 
 @dataclass
@@ -108,45 +89,15 @@ class Answer:
     repetition: bool
 
 
-def encode_prompts(tokenizer, conversations: list[list[dict]]):
-    """Left-padded batch of chat prompts; message text can never become a special token."""
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    return tokenizer.apply_chat_template(conversations, add_generation_prompt=True, sanitize_control_tokens=True,
-                                         padding=True, return_tensors="pt", return_dict=True)
-
-
-def too_long(what: str, length: int, context_window: int, max_new_tokens: int) -> UserError:
-    budget = context_window - max_new_tokens
-    return UserError(f"{what} is {length} tokens long; with {max_new_tokens} kept for the answer, the model's "
-                     f"{context_window}-token context allows {max(budget, 0)}. Shorten it, or pass a smaller "
-                     "--max-new-tokens.")
-
-
-def check_prompt_lengths(tokenizer, prompts: list[str], context_window: int, max_new_tokens: int) -> None:
-    """Refuse, before generating anything, a prompt that leaves no room for its answer."""
-    for number, prompt in enumerate(prompts, start=1):
-        length = encode_prompts(tokenizer, [[{"role": "user", "content": prompt}]])["input_ids"].shape[1]
-        if length + max_new_tokens > context_window:
-            raise too_long(f"prompt {number}", length, context_window, max_new_tokens)
-
-
 def generate_answers(model, tokenizer, prompts: list[str], decoding: Decoding, cut_roles: bool = False):
-    """Answers to `prompts`, generated in batches. Returns (answers, generated tokens per second)."""
-    import torch
-
+    """Answers to `prompts` with their behaviour measured. Returns (answers, generated tokens per second)."""
     answers, generated, seconds = [], 0, 0.0
     for start in range(0, len(prompts), decoding.batch_size):
-        batch_prompts = prompts[start:start + decoding.batch_size]
-        inputs = encode_prompts(tokenizer, [[{"role": "user", "content": p}] for p in batch_prompts])
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        torch.manual_seed(decoding.seed + start)
-        started = time.time()
-        with torch.no_grad():
-            output = model.generate(**inputs, **decoding.generate_kwargs(tokenizer))
-        seconds += time.time() - started
-        for prompt, row in zip(batch_prompts, output[:, inputs["input_ids"].shape[1]:].tolist()):
-            if tokenizer.eos_token_id in row:  # keep up to and including the first end-of-text
-                row = row[:row.index(tokenizer.eos_token_id) + 1]
+        batch = prompts[start:start + decoding.batch_size]
+        rows, took = generate_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in batch], decoding,
+                                    seed=decoding.seed + start)
+        seconds += took
+        for prompt, row in zip(batch, rows):
             generated += len(row)
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
             answers.append(Answer(prompt, cut_at_role(text) if cut_roles else text, len(row),

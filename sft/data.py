@@ -67,6 +67,8 @@ def from_messages(record: dict) -> Conversation:
 
 
 def from_sharegpt(record: dict) -> Conversation:
+    # Not TRL's maybe_convert_to_chatml: it renames from/value to role/content but keeps ShareGPT's speaker
+    # names (human, gpt), which the chat template refuses.
     turns = record["conversations"]
     if not isinstance(turns, list) or not all(isinstance(t, dict) and {"from", "value"} <= t.keys() for t in turns):
         raise RecordError("'conversations' should be a list of {from, value} objects")
@@ -232,8 +234,23 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv")
 
 
-def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, seed: int,
-                   offline: bool, hub_available) -> ChatData:
+def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, seed: int, offline: bool,
+                   hub_available=None) -> ChatData:
+    """The chats of `name` (Hub dataset or local path) as messages: `num_train` to train on, and a held-out
+    split. Prints what was loaded, and why if it is not what was asked for (offline kit, fewer chats)."""
+    from .console import banner
+    from .models import hub_available as hub
+
+    chats = read_chats(name, split, num_train, eval_fraction, seed, offline, hub_available or hub)
+    for notice in chats.notices:
+        banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
+    print(f"\nData: {chats.name} [{chats.format}, from {chats.source}]: {len(chats.train)} training and "
+          f"{len(chats.eval)} held-out conversations.")
+    return chats
+
+
+def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed: int, offline: bool,
+               hub_available) -> ChatData:
     """Read `name` (Hub dataset or local path), convert to messages, sample and split train/eval.
 
     `hub_available()` is asked only when a Hub dataset is needed; if it says no, the offline
@@ -277,25 +294,30 @@ def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, 
         conversations = oasst_conversations(table)
         random.Random(seed).shuffle(conversations)
     else:
-        # Visit records in a seeded random order and convert only as many as needed, so that
-        # taking 5,000 chats from UltraChat's 200k does not convert all 200k.
-        convert = RECORD_FORMATS[format_name][1]
         needed = num_train + eval_size(num_train, eval_fraction)
-        order = list(range(len(table)))
-        random.Random(seed).shuffle(order)
-        conversations = []
-        for index in order:
-            try:
-                conversation = convert(table[index])
-            except RecordError as error:
-                raise UserError(f"{name}: record {index} ({format_name} format): {error}. Expected "
-                                f"{FORMATS_EXPECTED}") from None
-            if has_answer(conversation):
-                conversations.append(conversation)
-                if len(conversations) == needed:
-                    break
+        conversations = convert_records(table, format_name, needed, seed, name)
     train, held_out = split_train_eval(conversations, num_train, eval_fraction, name, notices)
     return ChatData(train, held_out, source, name, split, format_name, notices)
+
+
+def convert_records(table, format_name: str, needed: int, seed: int, name: str) -> list[Conversation]:
+    """Up to `needed` conversations with an answer, from records visited in a seeded random order: only as many
+    are converted as needed, so that taking 5,000 chats from UltraChat's 200k does not convert all 200k."""
+    convert = RECORD_FORMATS[format_name][1]
+    order = list(range(len(table)))
+    random.Random(seed).shuffle(order)
+    conversations = []
+    for index in order:
+        try:
+            conversation = convert(table[index])
+        except RecordError as error:
+            raise UserError(f"{name}: record {index} ({format_name} format): {error}. Expected "
+                            f"{FORMATS_EXPECTED}") from None
+        if has_answer(conversation):
+            conversations.append(conversation)
+            if len(conversations) == needed:
+                break
+    return conversations
 
 
 def eval_size(num_train: int, eval_fraction: float) -> int:

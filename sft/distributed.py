@@ -6,9 +6,14 @@ The launcher starts one copy of the script per GPU and tells each its rank in th
 copy loads the model and data and trains on its own share of each batch; the Trainer (through
 accelerate) averages the gradients. Rank 0, the main process, is the only one that prints, writes
 checkpoints' shared files, saves the model folder and removes checkpoints.
+
+The rank is read from the launcher's environment rather than from accelerate.PartialState(): creating
+that state starts the process group, which the Trainer does itself with its own settings (use_cpu,
+backend, timeout), and it is needed before anything else, to silence the other processes.
 """
 
 import contextlib
+import functools
 import os
 
 
@@ -42,11 +47,14 @@ def sharded() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def main_process_prints():
+def only_the_main_process_prints(main):
     """Only the main process writes to stdout; the others' copies of every line would say nothing new."""
-    if is_main_process():
-        yield
-        return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        yield
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        if is_main_process():
+            return main(*args, **kwargs)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return main(*args, **kwargs)
+
+    return wrapper

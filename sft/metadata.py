@@ -1,66 +1,84 @@
-"""training_metadata.json: what was trained, from what, how, and with what result.
+"""training_metadata.json: what was trained, from what, with what result, on what machine.
 
-This dataclass is the one definition of the file's schema; train.py fills it, save.py writes it, and
-test_chatbot.py reads it back to find the base model a fine-tuned folder came from.
+    base_model, dataset, num_samples, num_epochs,    the tutorial's six fields (num_samples: chats trained
+    learning_rate, model_parameters                  on, after any too long for max_length were dropped)
+    stage                                            "sft"
+    base_model_source, base_model_path               "hub", "local" or "offline-kit"; what from_pretrained loaded
+    data        where the chats came from, how many were held out, dropped or cut, trained tokens per epoch
+    lora        rank, alpha, layers, trainable parameters (None: every weight was trained)
+    results     steps, epochs, losses (mean cross-entropy per trained token), tokens, times
+    environment device, precision, processes, library versions, date
+    settings    every setting of the run, as on the command line (used to recognise the same run)
+
+describe() builds it from the run's parts; save.py writes it; test_chatbot.py reads it back to find
+the base model a fine-tuned folder came from.
 """
 
-import dataclasses
+import datetime
+import importlib.metadata
 import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
+from . import checkpoints
+from .lora import base_parameters, lora_summary
+
 METADATA_FILE = "training_metadata.json"
+LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "peft")
 
 
-@dataclass
-class TrainingMetadata:
-    # The tutorial's fields
-    base_model: str  # as requested (Hub name or path)
-    dataset: str
-    num_samples: int  # conversations trained on (after dropping those too long)
-    num_epochs: float
-    learning_rate: float
-    model_parameters: int
-    # Where the model and data came from: "hub", "local" or "offline-kit"
-    base_model_source: str
-    base_model_path: str  # what from_pretrained loaded (a Hub name or a folder)
-    dataset_source: str
-    dataset_split: str
-    dataset_format: str
-    num_eval_samples: int
-    conversations_dropped: int  # first answer did not fit max_length
-    conversations_truncated: int  # later turns cut at a turn boundary
-    # Hyperparameters
-    max_length: int
-    batch_size: int
-    gradient_accumulation_steps: int
-    effective_batch_size: int  # conversations per optimizer step, over all processes
-    num_processes: int  # training processes (GPUs) under accelerate launch; 1 otherwise
-    max_steps: int
-    seed: int
-    lora: dict | None  # rank, alpha, target modules, trainable parameters; None: every weight was trained
-    # Results (losses are mean cross-entropy per trained token, in nats)
-    optimizer_steps: int
-    epochs_completed: float
-    final_train_loss: float | None
-    eval_loss_before: float | None
-    eval_loss: float | None
-    trained_tokens_per_epoch: int  # assistant tokens + their end-of-text tokens in the training set
-    tokens_processed: int  # non-padding tokens through the model while training (the whole run)
-    resumed_from_step: int | None  # the checkpoint this run continued from, if it was interrupted before
-    train_seconds: float  # of this session (since the resume, if any)
-    tokens_per_second: float  # of this session
-    total_seconds: float  # the whole script: loading, tokenizing, training, saving
-    # Machine and software
-    device: str
-    precision: str
-    library_versions: dict
-    created_at: str
-    settings: dict  # every setting of the run, as on the command line (used to recognise the same run)
+def describe(run, trainer, source, chats, token_stats: dict) -> dict:
+    s, state = run.settings, trainer.state
+    return {
+        "base_model": source.name,
+        "dataset": chats.name,
+        "num_samples": len(trainer.train_dataset),
+        "num_epochs": s.num_epochs,
+        "learning_rate": s.learning_rate,
+        "model_parameters": base_parameters(trainer.model),
+        "stage": "sft",
+        "base_model_source": source.kind,
+        "base_model_path": source.path,
+        "data": {"source": chats.source, "split": chats.split, "format": chats.format,
+                 "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                 "conversations_dropped": token_stats["dropped"],  # first answer did not fit max_length
+                 "conversations_truncated": token_stats["truncated"],  # later turns cut at a turn boundary
+                 "trained_tokens_per_epoch": token_stats["trained_tokens"]},
+        "lora": lora_summary(trainer.model, s),
+        "results": results(run, trainer),
+        "environment": {"device": run.device.name, "precision": run.device.precision,
+                        "num_processes": run.processes,
+                        "library_versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
+                        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "settings": vars(s),
+    }
 
 
-def write_metadata(metadata: TrainingMetadata, folder: Path) -> None:
-    (Path(folder) / METADATA_FILE).write_text(json.dumps(dataclasses.asdict(metadata), indent=2) + "\n")
+def results(run, trainer) -> dict:
+    """What training did, from the Trainer's state and log; after a resume, the whole run's totals."""
+    state, history = trainer.state, trainer.state.log_history
+    evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    tokens = int(state.num_input_tokens_seen)
+    tokens_before = 0 if run.resume_from is None else json.loads(
+        (run.resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+    train_seconds = next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), 0.0)
+    return {
+        "optimizer_steps": state.global_step,
+        "effective_batch_size": run.settings.effective_batch_size * run.processes,  # chats per step, all processes
+        "epochs_completed": round(state.epoch or 0, 4),
+        "final_train_loss": next((entry["loss"] for entry in reversed(history) if "loss" in entry), None),
+        "eval_loss_before": evals[0] if evals else None,
+        "eval_loss": evals[-1] if len(evals) > 1 else None,
+        "tokens_processed": tokens,  # non-padding tokens through the model while training (the whole run)
+        "resumed_from_step": checkpoints.step_of(run.resume_from) if run.resume_from else None,
+        "train_seconds": round(train_seconds, 2),  # of this session (since the resume, if any)
+        "tokens_per_second": round((tokens - tokens_before) / train_seconds, 1) if train_seconds else 0.0,
+        "total_seconds": round(time.time() - run.started, 2),  # loading, tokenizing, training (not saving)
+    }
+
+
+def write_metadata(record: dict, folder: Path) -> None:
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_metadata(folder: Path) -> dict | None:

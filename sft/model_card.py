@@ -1,7 +1,6 @@
 """README.md of a fine-tuned folder: a Hugging Face model card, written from training_metadata.json."""
 
 from .chat_format import render
-from .metadata import TrainingMetadata
 
 # Licences of the models and data the scripts name; anything else: see its own page.
 KNOWN_LICENCES = {
@@ -24,44 +23,48 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _method(m: TrainingMetadata) -> str:
-    if not m.lora:
+def _method(m: dict) -> str:
+    lora = m["lora"]
+    if not lora:
         return "full fine-tuning: every weight trained"
-    kind = "QLoRA (LoRA on the base held in 4-bit NF4)" if m.settings.get("qlora") else "LoRA"
-    return (f"{kind}, rank {m.lora['rank']}, alpha {m.lora['alpha']}, on {', '.join(m.lora['target_modules'])} "
-            f"({m.lora['trainable_parameters']:,} trainable parameters); {m.lora['saved']}")
+    kind = "QLoRA (LoRA on the base held in 4-bit NF4)" if m["settings"].get("qlora") else "LoRA"
+    return (f"{kind}, rank {lora['rank']}, alpha {lora['alpha']}, on {', '.join(lora['target_modules'])} "
+            f"({lora['trainable_parameters']:,} trainable parameters); {lora['saved']}")
 
 
-def _batch(m: TrainingMetadata) -> str:
-    processes = f" x {m.num_processes} processes" if m.num_processes > 1 else ""
-    return f"{m.batch_size} x {m.gradient_accumulation_steps} accumulated{processes}"
+def _batch(m: dict) -> str:
+    processes = m["environment"]["num_processes"]
+    on_processes = f" x {processes} processes" if processes > 1 else ""
+    return f"{m['settings']['batch_size']} x {m['settings']['gradient_accumulation_steps']} accumulated{on_processes}"
 
 
-def model_card(metadata: TrainingMetadata, tokenizer) -> str:
-    m = metadata
+def model_card(metadata: dict, tokenizer) -> str:
+    """The model card of a fine-tuned folder, from its training_metadata.json (metadata.py)."""
+    m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
+    environment = metadata["environment"]
     return f"""---
-base_model: {m.base_model}
+base_model: {m['base_model']}
 library_name: transformers
 pipeline_tag: text-generation
 tags: [sft, trl, chat]
 ---
 
-# Chat model fine-tuned from {m.base_model}
+# Chat model fine-tuned from {m['base_model']}
 
-Supervised fine-tuning (SFT) of `{m.base_model}` on {m.num_samples:,} conversations of `{m.dataset}`,
+Supervised fine-tuning (SFT) of `{m['base_model']}` on {m['num_samples']:,} conversations of `{m['dataset']}`,
 so that it answers as the assistant of a `User:` / `Assistant:` chat and then stops.
 
 | | |
 |---|---|
-| base model | `{m.base_model}` ({m.model_parameters / 1e6:.1f}M parameters, from {m.base_model_source}) |
-| data | `{m.dataset}` ({m.dataset_format} format, split `{m.dataset_split}`, from {m.dataset_source}): {m.num_samples:,} training and {m.num_eval_samples:,} held-out conversations |
+| base model | `{m['base_model']}` ({m['model_parameters'] / 1e6:.1f}M parameters, from {m['base_model_source']}) |
+| data | `{m['dataset']}` ({data['format']} format, split `{data['split']}`, from {data['source']}): {m['num_samples']:,} training and {data['num_eval_samples']:,} held-out conversations |
 | method | {_method(m)} |
-| trained tokens | the assistant's answers and their end-of-text token only ({m.trained_tokens_per_epoch:,} per epoch) |
-| training | {m.optimizer_steps} optimizer steps ({m.epochs_completed:g} epochs) of {m.effective_batch_size} conversations ({_batch(m)}), learning rate {m.learning_rate:g} (AdamW, linear decay), max length {m.max_length}, seed {m.seed} |
-| held-out loss | {_loss(m.eval_loss_before)} before, {_loss(m.eval_loss)} after (mean cross-entropy per trained token) |
-| final training loss | {_loss(m.final_train_loss)} |
-| machine | {m.device}, {m.precision}, {m.train_seconds:,.0f} s of training |
-| licences | base model: {_licence(m.base_model)}; data: {_licence(m.dataset)} |
+| trained tokens | the assistant's answers and their end-of-text token only ({data['trained_tokens_per_epoch']:,} per epoch) |
+| training | {results['optimizer_steps']} optimizer steps ({results['epochs_completed']:g} epochs) of {results['effective_batch_size']} conversations ({_batch(m)}), learning rate {m['learning_rate']:g} (AdamW, linear decay), max length {settings['max_length']}, seed {settings['seed']} |
+| held-out loss | {_loss(results['eval_loss_before'])} before, {_loss(results['eval_loss'])} after (mean cross-entropy per trained token) |
+| final training loss | {_loss(results['final_train_loss'])} |
+| machine | {environment['device']}, {environment['precision']}, {results['train_seconds']:,.0f} s of training |
+| licences | base model: {_licence(m['base_model'])}; data: {_licence(m['dataset'])} |
 
 All figures are in `training_metadata.json`; `loss_curve.png` plots the losses.
 

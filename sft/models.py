@@ -1,9 +1,13 @@
-"""Find and load a base model and its tokenizer: a local folder, the Hub (or its cache), or the offline kit."""
+"""The model: find the base model (a local folder, the Hub or its cache, or the offline kit) and load it.
+
+Also finds the folders the other scripts load: a fine-tuned model, and the base it was trained from.
+"""
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from .console import banner
 from .errors import UserError, first_line
 
 
@@ -21,12 +25,32 @@ def hub_available() -> bool:
         return False
 
 
+def stay_offline() -> None:
+    """--offline: the libraries never ask the Hub either (their offline mode, as with HF_HUB_OFFLINE=1), not even
+    for TRL's usage telemetry when a trainer starts."""
+    import os
+
+    import datasets
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for worker processes started later
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    hub_available.cache_clear()
+
+
 @dataclass
 class ModelSource:
     requested: str  # what the user asked for
     path: str  # what from_pretrained is given
     kind: str  # "local", "hub" or "offline-kit"
     notice: str = ""  # why the offline kit stands in, if it does
+
+    @property
+    def name(self) -> str:
+        """The model's own name: the kit's Hub id when the kit stands in."""
+        from .offline_kit import BASE_MODEL_ID
+
+        return BASE_MODEL_ID if self.kind == "offline-kit" else self.requested
 
 
 def _in_hub_cache(name: str) -> bool:
@@ -38,7 +62,8 @@ def _in_hub_cache(name: str) -> bool:
         return False
 
 
-def resolve_base_model(requested: str, offline: bool) -> ModelSource:
+def find_base_model(requested: str, offline: bool) -> ModelSource:
+    """Where to load `requested` from; prints a banner when the offline kit stands in for it."""
     from . import offline_kit
 
     path = Path(requested).expanduser()
@@ -54,6 +79,7 @@ def resolve_base_model(requested: str, offline: bool) -> ModelSource:
         return ModelSource(requested, requested, "hub")
     notice = (f"The Hub is unreachable and {requested} is not in the local cache: using the offline kit's "
               "Gemma 3 270M base model instead. (Pass a local model folder with --base-model to use your own.)")
+    banner("OFFLINE: " + notice)
     return ModelSource(requested, str(offline_kit.model_dir()), "offline-kit", notice)
 
 
@@ -63,6 +89,9 @@ def _hub_kwargs(source: ModelSource, trust_remote_code: bool) -> dict:
 
 
 def _load_error(source: ModelSource, error: Exception) -> UserError:
+    if "trust_remote_code" in str(error):
+        return UserError(f"{source.requested} ships its own Python code, which runs only with --trust-remote-code: "
+                         "pass it if you trust that code (read it first), or choose another model")
     hint = ("check the name on https://huggingface.co/models" if source.kind == "hub"
             else "the folder may be incomplete or corrupt")
     return UserError(f"could not load model {source.requested!r}: {first_line(error)} ({hint}; "
@@ -114,49 +143,25 @@ def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False,
         raise _load_error(source, error) from None
 
 
-def qlora_unavailable(device: str) -> str | None:
-    """Why --qlora cannot run here, or None: bitsandbytes' 4-bit training is made for NVIDIA GPUs."""
-    import importlib.util
-
-    if not device.startswith("cuda"):
-        return (f"--qlora loads the base model in 4 bits with bitsandbytes, which needs an NVIDIA GPU (CUDA); "
-                f"this machine trains on {device}. Use --lora instead: the same adapters on the full-precision "
-                "model.")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "--qlora needs the bitsandbytes package: pip install bitsandbytes"
-    return None
-
-
-def four_bit_config(compute_dtype):
-    """QLoRA's recipe: NF4 weights, their scales quantized too, matmuls in `compute_dtype`."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
-
-
-def merge_adapter(peft_model, full_precision_base=None):
-    """The model with its LoRA adapter merged into the weights.
-
-    After QLoRA the base in memory is 4-bit, and merging there would round every merged weight to 4 bits:
-    the adapter is merged into `full_precision_base`, a freshly loaded copy of the base, instead.
-    """
-    if full_precision_base is None:
-        return peft_model.merge_and_unload()
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    fresh = get_peft_model(full_precision_base, peft_model.peft_config["default"])
-    set_peft_model_state_dict(fresh, get_peft_model_state_dict(peft_model))
-    return fresh.merge_and_unload()
-
-
-def best_device() -> str:
-    """"cuda", "mps" or "cpu": the fastest device this machine has."""
+def load_model_for_training(source: ModelSource, settings, device):
+    """The base model in fp32 (mixed precision computes in bf16/fp16); with QLoRA, its linear layers in 4 bits
+    and the rest in the compute precision, as in the QLoRA paper. Prints what was loaded, where."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
+    from .lora import four_bit_config
+
+    model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=settings.dropout,
+                       **({"dtype": device.compute_dtype, "quantization": four_bit_config(device.compute_dtype)}
+                          if settings.qlora else {"dtype": torch.float32}))
+    window = context_window(model)
+    if window and settings.max_length > window:
+        raise UserError(f"--max-length {settings.max_length} is longer than {settings.base_model}'s context window "
+                        f"({window} tokens): use --max-length {window} or less")
+    print(f"\nModel: {source.name} [{source.kind}], {model.num_parameters() / 1e6:.1f}M parameters, on "
+          f"{device.name}, {device.precision}.")
+    if device.kind == "cpu":
+        print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
+    return model
 
 
 def context_window(model) -> int | None:

@@ -36,6 +36,39 @@ def make_gpt2_tokenizer():
     return tokenizer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temporary_cache(tmp_path_factory):
+    """Tests keep tokenized chats in a temporary cache, never in the user's ~/.cache/sft-tutorial (the
+    scripts they start inherit SFT_CACHE_DIR). Yields the real cache, where the offline kit's model is."""
+    from sft import offline_kit
+
+    real, previous = offline_kit.cache_dir(), os.environ.get("SFT_CACHE_DIR")
+    os.environ["SFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sft-cache"))
+    yield real
+    if previous is None:
+        del os.environ["SFT_CACHE_DIR"]
+    else:
+        os.environ["SFT_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def kit_model_dir(temporary_cache):
+    """The offline kit's base model, converted once (about a minute) in the real cache, and seen from the
+    temporary one too, so that a test falling back to the kit does not convert it again."""
+    from sft import offline_kit
+
+    temporary = os.environ["SFT_CACHE_DIR"]
+    os.environ["SFT_CACHE_DIR"] = str(temporary_cache)
+    try:
+        converted = offline_kit.model_dir()
+    finally:
+        os.environ["SFT_CACHE_DIR"] = temporary
+    link = Path(temporary) / converted.name
+    if not link.exists():
+        link.symlink_to(converted, target_is_directory=True)
+    return converted
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     return make_gpt2_tokenizer()
@@ -87,9 +120,9 @@ def chats_jsonl(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("data") / "chats.jsonl", records)
 
 
-def run_script(script: str, *args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run one of the top-level scripts as a user would, without network."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def run_script(script: str, *args: str, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would, without network (`env`: more variables)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -17,6 +17,7 @@ import pytest
 
 import train_chatbot
 from conftest import ROOT, quick_args, run_script
+from sft.checkpoints import step_of
 from sft.metadata import METADATA_FILE
 
 TROUBLESHOOTING = (ROOT / "README.md").read_text().split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
@@ -90,7 +91,7 @@ def test_missing_base_model_folder(tmp_path, chats_jsonl):
     assert_clean_failure(result, "no-model does not exist: check the path", "does not exist: check the path")
 
 
-def test_unknown_model_without_the_hub_falls_back_to_the_kit_and_says_how_to_use_your_own(monkeypatch):
+def test_unknown_model_without_the_hub_falls_back_to_the_kit_and_says_how_to_use_your_own(monkeypatch, kit_model_dir):
     from huggingface_hub import constants
 
     from sft import models
@@ -98,7 +99,7 @@ def test_unknown_model_without_the_hub_falls_back_to_the_kit_and_says_how_to_use
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     models.hub_available.cache_clear()
     try:
-        source = models.resolve_base_model("no-such-org/no-such-model", offline=False)
+        source = models.find_base_model("no-such-org/no-such-model", offline=False)
     finally:
         models.hub_available.cache_clear()
     assert source.kind == "offline-kit" and "--base-model" in source.notice
@@ -122,6 +123,75 @@ def test_output_dir_that_cannot_be_created(tmp_path, tiny_gpt2_dir, chats_jsonl)
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "a-file" / "out"))
     assert_clean_failure(result, "it is a file, not a folder")
     assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write to: a read-only tmpfs when running as root (root ignores permissions),
+    a folder without write permission otherwise."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_output_dir_in_a_read_only_folder(read_only_dir, tiny_gpt2_dir, chats_jsonl):
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, read_only_dir / "out"))
+    assert_clean_failure(result, f"cannot write to {read_only_dir}", "cannot write to ...")
+    assert "choose another --output-dir" in result.stderr and list(read_only_dir.iterdir()) == []
+
+
+def fail_renames(monkeypatch, *prefixes):
+    """Make Path.rename fail (as on a full or failing disk) for folders whose name starts with a prefix."""
+    from pathlib import Path
+
+    rename = Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(prefixes):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+
+
+def test_a_failed_swap_puts_the_earlier_model_back(quick_run, tiny_gpt2_dir, chats_jsonl, tmp_path, monkeypatch,
+                                                   capsys):
+    import shutil
+
+    out_dir = tmp_path / "chatbot-test"
+    shutil.copytree(quick_run[0], out_dir)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    fail_renames(monkeypatch, ".chatbot-test.incomplete-")  # the new folder cannot take the earlier one's place
+    result = quick_test_in_process(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--overwrite", "--seed", "3"),
+                                   capsys)
+    assert_clean_failure(result, "could not save the model to", "(is the disk full or the folder read-only?)")
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # back where it was, unchanged
+    assert leftovers(tmp_path) == []
+
+
+def test_when_the_earlier_model_cannot_be_put_back_the_message_says_where_it_is(quick_run, tiny_gpt2_dir,
+                                                                                 chats_jsonl, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import shutil
+
+    out_dir = tmp_path / "chatbot-test"
+    shutil.copytree(quick_run[0], out_dir)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    fail_renames(monkeypatch, ".chatbot-test.incomplete-", ".chatbot-test.replaced-")
+    result = quick_test_in_process(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--overwrite", "--seed", "3"),
+                                   capsys)
+    assert_clean_failure(result, "The earlier model is intact in")
+    (retired,) = [p for p in tmp_path.iterdir() if p.name.startswith(".chatbot-test.replaced-")]
+    assert str(retired) in result.stderr and f"rename it back to {out_dir}" in result.stderr
+    assert {p.name: p.read_bytes() for p in retired.iterdir()} == before  # nothing lost
 
 
 def test_disk_full_when_saving_keeps_the_previous_model(quick_run, tiny_gpt2_dir, chats_jsonl, tmp_path,
@@ -199,7 +269,8 @@ def start_quick_test(args, cwd):
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_gpt2_dir, chats_jsonl):
     out_dir = tmp_path / "out"
-    args = quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000", "--logging-steps", "1000")
+    args = quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000", "--logging-steps", "1000",
+                      "--save-steps", "1")
     process = start_quick_test(args, tmp_path)
     for line in process.stdout:  # wait until training has really started
         if line.startswith("Training:"):
@@ -210,56 +281,104 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_g
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert "checkpoint saved in" in stderr and "Run the same command again to continue" in TROUBLESHOOTING
     assert not out_dir.exists()  # no model folder that test_chatbot.py would load
-    checkpoints = sorted((tmp_path / "out-checkpoints").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").is_file()
-    step = int(checkpoints[0].name.split("-")[1])
-    assert f"Interrupted at step {step}/100000" in stderr
+    # A checkpoint every step, and only the newest two kept: the one Ctrl-C saved and the one before it.
+    checkpoints = sorted((tmp_path / "out-checkpoints").glob("checkpoint-*"), key=step_of)
+    assert all((c / "trainer_state.json").is_file() for c in checkpoints)
+    step = step_of(checkpoints[-1])
+    assert [step_of(c) for c in checkpoints] == [step - 1, step] and step > 2
+    assert f"Interrupted at step {step}/100000" in stderr and str(checkpoints[-1]) in stderr
 
-    # The same command, with fewer steps to go, continues from there.
+    # Other settings are refused rather than mixed with these checkpoints; the same command continues.
     resumed = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir,
                                                       "--max-steps", str(step + 2)), cwd=tmp_path)
     assert resumed.returncode == 2 and "--overwrite" in resumed.stderr  # other settings: not silently discarded
-    args = quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000", "--logging-steps", "1000")
     process = start_quick_test(args, tmp_path)
+    printed = []
     for line in process.stdout:
-        if line.startswith("Resuming from"):
-            assert checkpoints[0].name in line
+        printed.append(line)
         if line.startswith("Training:"):
             break
+    assert any(line.startswith(f"Resuming from {checkpoints[-1]}") for line in printed), printed
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    later = int(sorted((tmp_path / "out-checkpoints").glob("checkpoint-*"))[-1].name.split("-")[1])
+    later = max(step_of(c) for c in (tmp_path / "out-checkpoints").glob("checkpoint-*"))
     assert process.returncode == 130 and later > step
 
 
-def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_path, tiny_gpt2_dir, chats_jsonl):
-    def args(out_dir):
-        return quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "8", "--save-steps", "3")
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    from safetensors.torch import load_file
+
+    def args(out_dir):  # a learning rate high enough that a batch trained twice, or skipped, shows in the weights
+        return quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "8", "--save-steps", "3",
+                          "--learning-rate", "1e-3")
 
     straight = run_script("quick_test.py", *args(tmp_path / "straight"), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out_dir = tmp_path / "out"
-    process = start_quick_test(args(out_dir), tmp_path)
-    checkpoint = tmp_path / "out-checkpoints" / "checkpoint-3"
+    kill_after_checkpoint(args(out_dir), tmp_path, 6)  # 5 steps of 5 chats per pass: the second pass had begun
+    assert not out_dir.exists()
+
+    resumed = run_script("quick_test.py", *args(out_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout
+    whole = json.loads((tmp_path / "straight" / METADATA_FILE).read_text())["results"]
+    parts = json.loads((out_dir / METADATA_FILE).read_text())["results"]
+    assert parts["resumed_from_step"] == 6 and parts["optimizer_steps"] == whole["optimizer_steps"] == 8
+    assert parts["tokens_processed"] == whole["tokens_processed"]  # the whole run, not just the last part
+    assert parts["epochs_completed"] == whole["epochs_completed"]
+    assert parts["eval_loss_before"] == whole["eval_loss_before"]
+    assert not (tmp_path / "out-checkpoints").exists()  # removed once the model is saved
+    # Same batches in the same order, same optimizer and random state: the same weights, up to float rounding
+    # (1e-6), while training moved them by more than a thousand times that.
+    base, straight, resumed = (load_file(folder / "model.safetensors")
+                               for folder in (tiny_gpt2_dir, tmp_path / "straight", out_dir))
+    moved = max((straight[name] - base[name]).abs().max().item() for name in straight)
+    apart = max((straight[name] - resumed[name]).abs().max().item() for name in straight)
+    assert apart < 1e-6 and moved > 1e-3, (apart, moved)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, chat_model_dir, chats_jsonl):
+    out_dir = tmp_path / "out"  # a model big enough that a step takes long enough to interrupt it twice
+    process = start_quick_test(quick_args(chat_model_dir, chats_jsonl, out_dir, "--max-steps", "100000",
+                                          "--batch-size", "8"), tmp_path)
+    for line in process.stdout:
+        if line.startswith("Training:"):
+            break
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    for line in process.stderr:  # the first Ctrl-C is acknowledged: the step is finishing
+        if line.startswith("Ctrl-C: finishing this step"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "Interrupted. Nothing half-written was left behind" in stderr and "checkpoint saved in" not in stderr
+    assert "A second Ctrl-C stops at once" in TROUBLESHOOTING
+    assert not out_dir.exists() and leftovers(tmp_path) == []  # no checkpoint was complete: none kept
+
+
+def kill_after_checkpoint(args, tmp_path, step: int) -> None:
+    """Start quick_test.py and SIGKILL it once checkpoint-STEP is complete."""
+    process = start_quick_test(args, tmp_path)
+    checkpoint = tmp_path / "out-checkpoints" / f"checkpoint-{step}"
     deadline = time.time() + 300
     while not (checkpoint / "trainer_state.json").is_file() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     process.kill()  # SIGKILL: no chance to clean up
     process.communicate()
-    assert (checkpoint / "trainer_state.json").is_file() and not out_dir.exists()
+    assert (checkpoint / "trainer_state.json").is_file()
 
-    resumed = run_script("quick_test.py", *args(out_dir), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from" in resumed.stdout
-    whole = json.loads((tmp_path / "straight" / METADATA_FILE).read_text())
-    parts = json.loads((out_dir / METADATA_FILE).read_text())
-    assert parts["resumed_from_step"] in (3, 6) and parts["optimizer_steps"] == whole["optimizer_steps"] == 8
-    assert parts["tokens_processed"] == whole["tokens_processed"]  # the whole run, not just the last part
-    assert parts["epochs_completed"] == whole["epochs_completed"]
-    assert parts["eval_loss_before"] == whole["eval_loss_before"]
-    assert parts["eval_loss"] == pytest.approx(whole["eval_loss"], abs=1e-4)  # same data order and random state
-    assert not (tmp_path / "out-checkpoints").exists()  # removed once the model is saved
+
+def test_no_resume_starts_over(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    args = quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--max-steps", "8", "--save-steps", "3")
+    kill_after_checkpoint(args, tmp_path, 3)
+    again = run_script("quick_test.py", *args, "--no-resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resuming from" not in again.stdout and "eval  | step     0 |" in again.stdout  # from the base model
+    results = json.loads((tmp_path / "out" / METADATA_FILE).read_text())["results"]
+    assert results["resumed_from_step"] is None and results["optimizer_steps"] == 8
+    assert not (tmp_path / "out-checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -272,11 +391,12 @@ def test_same_seed_same_split_same_losses(quick_run, tiny_gpt2_dir, chats_jsonl,
     def losses(stdout):
         return [line.split("| loss ")[1].split(" ")[0] for line in stdout.splitlines() if "| loss " in line]
 
-    first = json.loads((quick_run[0] / METADATA_FILE).read_text())
-    second = json.loads((tmp_path / "again" / METADATA_FILE).read_text())
+    first, second = (json.loads((folder / METADATA_FILE).read_text()) for folder in (quick_run[0], tmp_path / "again"))
     assert losses(again.stdout) == losses(quick_run[1].stdout) and len(losses(again.stdout)) == 2
-    for field in ("num_samples", "num_eval_samples", "trained_tokens_per_epoch", "eval_loss_before", "eval_loss"):
-        assert first[field] == second[field], field
+    assert first["num_samples"] == second["num_samples"]
+    for part, field in (("data", "num_eval_samples"), ("data", "trained_tokens_per_epoch"),
+                        ("results", "eval_loss_before"), ("results", "eval_loss")):
+        assert first[part][field] == second[part][field], field
 
 
 # ----------------------------------------------------------------------------- test_chatbot.py
@@ -314,3 +434,105 @@ def test_chatbot_prompt_longer_than_the_context_window(tmp_path, chat_model_dir,
                          "--prompts", str(prompts))
     assert_clean_failure(compare, "tokens long; with 150 kept for the answer", "tokens long; with N kept")
     assert "prompt 2 is" in compare.stderr
+
+
+# ----------------------------------------------------------------------------- what the flags promise
+
+
+def test_offline_asks_nothing_of_the_hub(tmp_path, tiny_gpt2_dir):
+    """--offline with the Hub switched on but pointing at a listener on loopback: no connection is made, and the
+    kit's chats are used without the 'unreachable' banner; without --offline the same check does connect."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    connections = []
+
+    def accept():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed at the end of the test
+                return
+            connections.append(1)
+            connection.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    hub = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+    try:
+        result = run_script("quick_test.py", "--offline", "--base-model", str(tiny_gpt2_dir), "--output-dir",
+                            str(tmp_path / "out"), "--num-train-samples", "24", "--max-steps", "2", env=hub)
+        offline_connections = len(connections)
+        asked = subprocess.run([sys.executable, "-c", "from sft.models import hub_available; print(hub_available())"],
+                               cwd=ROOT, env={**os.environ, **hub}, capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert offline_connections == 0 and "unreachable" not in result.stdout
+    metadata = json.loads((tmp_path / "out" / METADATA_FILE).read_text())
+    assert metadata["data"]["source"] == "offline-kit" and metadata["base_model_source"] == "local"
+    assert asked.stdout.strip() == "False" and len(connections) >= 1  # the listener does see the Hub check
+
+
+REMOTE_CONFIG = """import os
+from pathlib import Path
+
+from transformers import GPT2Config
+
+Path(os.environ["REMOTE_CODE_MARKER"]).write_text("this folder's own code ran")
+
+
+class TinyConfig(GPT2Config):
+    model_type = "tiny-remote"
+"""
+REMOTE_MODEL = """from transformers import GPT2LMHeadModel
+
+from .configuration_tiny import TinyConfig
+
+
+class TinyLM(GPT2LMHeadModel):
+    config_class = TinyConfig
+"""
+
+
+def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    import shutil
+
+    model = tmp_path / "remote-code-model"
+    shutil.copytree(tiny_gpt2_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="tiny-remote", auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                                                      "AutoModelForCausalLM": "modeling_tiny.TinyLM"})
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (model / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    marker = tmp_path / "remote-code-ran"
+    env = {"REMOTE_CODE_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+
+    refused = run_script("quick_test.py", *quick_args(model, chats_jsonl, tmp_path / "out"), env=env)
+    assert_clean_failure(refused, "ships its own Python code, which runs only with --trust-remote-code")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    trusted = run_script("quick_test.py", *quick_args(model, chats_jsonl, tmp_path / "out", "--trust-remote-code"),
+                         env=env)
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert marker.read_text() == "this folder's own code ran"
+
+
+def test_qlora_without_bitsandbytes_says_how_to_install_it(tiny_gpt2_dir, chats_jsonl, tmp_path, monkeypatch,
+                                                         capsys):
+    """On a CUDA machine (the device check answers so) without the bitsandbytes package."""
+    import importlib.util
+
+    from sft import devices, run
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(run, "pick_device", lambda: devices.Device("cuda", "cuda (a GPU)", "bf16"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes"
+                        else find_spec(name, *a))
+    result = quick_test_in_process(quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--qlora"), capsys)
+    assert_clean_failure(result, "--qlora needs the bitsandbytes package: pip install bitsandbytes",
+                         "--qlora needs the bitsandbytes package")
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from conftest import gpt2_merges, make_gpt2_tokenizer
-from sft import chat_format, masking
+from sft import chat_format, masking, token_cache
+from sft.masking import IGNORE_INDEX
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -38,12 +39,14 @@ def test_ids_equal_apply_chat_template(chat_tokenizer):
 
 def test_only_answers_and_their_end_of_text_are_trained(chat_tokenizer):
     encoded = masking.encode_chat(chat_tokenizer, CHAT)
-    trained = [t for t, m in zip(encoded.input_ids, encoded.assistant_masks) if m]
-    untrained = [t for t, m in zip(encoded.input_ids, encoded.assistant_masks) if not m]
+    trained = [label for label in encoded.labels if label != IGNORE_INDEX]
+    untrained = [t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX]
     assert chat_tokenizer.decode(trained) == " The capital of France is Paris." + EOT + " Rome." + EOT
     assert chat_tokenizer.decode(untrained) == "User: What is the capital of France?\nAssistant:\nUser: And of Italy?\nAssistant:"
-    # both end-of-text tokens are trained, and the text ends right after the last one
-    assert [m for t, m in zip(encoded.input_ids, encoded.assistant_masks) if t == EOT_ID] == [1, 1]
+    # a trained token's label is the token itself; both end-of-text tokens are trained, and the text ends
+    # right after the last one
+    assert all(label in (t, IGNORE_INDEX) for t, label in zip(encoded.input_ids, encoded.labels))
+    assert [label for t, label in zip(encoded.input_ids, encoded.labels) if t == EOT_ID] == [EOT_ID, EOT_ID]
     assert encoded.input_ids[-1] == EOT_ID
 
 
@@ -55,7 +58,7 @@ def test_labels_keep_end_of_text_although_it_is_the_pad_token(chat_tokenizer, ti
 
     assert chat_tokenizer.pad_token_id == EOT_ID
     short, long = masking.encode_chat(chat_tokenizer, CHAT[:2]), masking.encode_chat(chat_tokenizer, CHAT)
-    dataset = Dataset.from_list([{"input_ids": e.input_ids, "assistant_masks": e.assistant_masks} for e in (short, long)])
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in (short, long)])
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), processing_class=chat_tokenizer,
                          train_dataset=dataset, args=SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False,
                                                                max_length=128))
@@ -64,14 +67,14 @@ def test_labels_keep_end_of_text_although_it_is_the_pad_token(chat_tokenizer, ti
     assert input_ids.shape == labels.shape and input_ids.shape[0] == 2
     # the short chat is padded with 50256 ...
     padding = batch["attention_mask"][0] == 0
-    assert padding.any() and (input_ids[0][padding] == EOT_ID).all() and (labels[0][padding] == -100).all()
-    # ... yet every real end-of-text keeps its label, and user tokens are -100
+    assert padding.any() and (input_ids[0][padding] == EOT_ID).all() and (labels[0][padding] == IGNORE_INDEX).all()
+    # ... yet every real end-of-text keeps its label, and user tokens are IGNORE_INDEX
     for row in range(2):
         real = batch["attention_mask"][row] == 1
         eot_positions = (input_ids[row] == EOT_ID) & real
         assert (labels[row][eot_positions] == EOT_ID).all()
-    assert (labels[1] != -100).sum().item() == sum(long.assistant_masks)
-    assert labels[1][0].item() == -100  # "User"
+    assert labels[1].tolist() == long.labels  # what masking.py made is what the model is trained on
+    assert labels[1][0].item() == IGNORE_INDEX  # "User"
 
 
 def test_long_chat_is_cut_after_a_whole_answer(chat_tokenizer):
@@ -79,7 +82,7 @@ def test_long_chat_is_cut_after_a_whole_answer(chat_tokenizer):
     first_answer_end = full.input_ids.index(EOT_ID) + 1
     cut = masking.encode_chat(chat_tokenizer, CHAT, max_length=len(full.input_ids) - 1)
     assert cut.truncated and cut.input_ids == full.input_ids[:first_answer_end]
-    assert cut.input_ids[-1] == EOT_ID and cut.assistant_masks[-1] == 1
+    assert cut.input_ids[-1] == EOT_ID and cut.labels[-1] == EOT_ID
     exact = masking.encode_chat(chat_tokenizer, CHAT, max_length=len(full.input_ids))
     assert not exact.truncated and exact.input_ids == full.input_ids
 
@@ -100,14 +103,24 @@ def test_end_of_text_spelled_in_a_message_is_plain_text(chat_tokenizer):
     text = chat_tokenizer.decode(encoded.input_ids)
     assert text.count(EOT) == 3  # the two spelled-out copies survive as text
     # "Assistant:" typed by the user does not open a turn: only the real answer is trained
-    trained = [t for t, m in zip(encoded.input_ids, encoded.assistant_masks) if m]
+    trained = [label for label in encoded.labels if label != IGNORE_INDEX]
     assert chat_tokenizer.decode(trained) == f" I will not print {EOT} for you.{EOT}"
 
 
 def test_show_trained_tokens_marks_answers(chat_tokenizer):
     encoded = masking.encode_chat(chat_tokenizer, CHAT[:2])
-    shown = masking.show_trained_tokens(chat_tokenizer, encoded.input_ids, encoded.assistant_masks, color=False)
+    shown = masking.show_trained_tokens(chat_tokenizer, encoded.input_ids, encoded.labels, color=False)
     assert shown == "User: What is the capital of France?\nAssistant:[[ The capital of France is Paris." + EOT + "]]"
+
+
+def test_a_long_example_is_shown_with_its_middle_left_out(chat_tokenizer):
+    chat = [{"role": "user", "content": "Tell me everything."}, {"role": "assistant", "content": "word " * 1000}]
+    encoded = masking.encode_chat(chat_tokenizer, chat)
+    shown = masking.show_trained_tokens(chat_tokenizer, encoded.input_ids, encoded.labels, color=False, limit=100)
+    left_out = len(encoded.input_ids) - 100
+    assert f"[... {left_out:,} tokens left out ...]" in shown
+    assert shown.startswith("User: Tell me everything.\nAssistant:[[ word") and shown.endswith(" word" + EOT + "]]")
+    assert len(shown.splitlines()) == 4  # the user line, the start of the answer, the count, its end
 
 
 def test_models_that_start_with_bos_get_it_first(gpt2_tokenizer):
@@ -118,61 +131,61 @@ def test_models_that_start_with_bos_get_it_first(gpt2_tokenizer):
     chat_format.install_chat_template(tokenizer)
     encoded = masking.encode_chat(tokenizer, CHAT[:2])
     assert chat_format.render(tokenizer, CHAT[:2]).startswith(EOT + "User:")
-    assert encoded.input_ids[0] == tokenizer.bos_token_id and encoded.assistant_masks[0] == 0
+    assert encoded.input_ids[0] == tokenizer.bos_token_id and encoded.labels[0] == IGNORE_INDEX
     assert encoded.input_ids == tokenizer.apply_chat_template(CHAT[:2], tokenize=True, return_dict=False)
 
 
 
 def test_parallel_tokenization_gives_the_same_dataset(chat_tokenizer):
     chats = [CHAT, CHAT[:2], [{"role": "user", "content": "x " * 600}, {"role": "assistant", "content": "y"}]] * 4
-    one, one_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=1)
-    two, two_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, workers=2)
+    one, one_stats = token_cache.tokenize_chats(chat_tokenizer, chats, 512, workers=1)
+    two, two_stats = token_cache.tokenize_chats(chat_tokenizer, chats, 512, workers=2)
     assert one.to_list() == two.to_list() and one_stats == two_stats and one_stats["dropped"] == 4
 
 
 def test_tokenized_chats_are_cached_and_reloaded(chat_tokenizer, tmp_path):
     chats = [CHAT, CHAT[:2], [{"role": "user", "content": "x " * 600}, {"role": "assistant", "content": "y"}]]
-    fresh, fresh_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
-    again, again_stats = masking.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
+    fresh, fresh_stats = token_cache.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
+    again, again_stats = token_cache.tokenize_chats(chat_tokenizer, chats, 512, cache_dir=tmp_path)
     assert not fresh_stats["cached"] and again_stats["cached"]
-    assert again.to_list() == fresh.to_list() == masking.tokenize_chats(chat_tokenizer, chats, 512)[0].to_list()
+    assert again.to_list() == fresh.to_list() == token_cache.tokenize_chats(chat_tokenizer, chats, 512)[0].to_list()
     assert {**again_stats, "cached": False} == fresh_stats and fresh_stats["dropped"] == 1
     (entry,) = tmp_path.iterdir()
     assert all(Path(f["filename"]).is_relative_to(entry) for f in again.cache_files)  # memory-mapped from the cache
 
 
 def test_cache_key_follows_chats_length_template_and_code(chat_tokenizer, tmp_path, monkeypatch):
-    key = masking.cache_key(chat_tokenizer, [CHAT], 512)
-    assert masking.cache_key(chat_tokenizer, [CHAT], 512) == key
+    key = token_cache.cache_key(chat_tokenizer, [CHAT], 512)
+    assert token_cache.cache_key(chat_tokenizer, [CHAT], 512) == key
     edited = [[*CHAT[:-1], {**CHAT[-1], "content": CHAT[-1]["content"] + "!"}]]
-    assert masking.cache_key(chat_tokenizer, edited, 512) != key
-    assert masking.cache_key(chat_tokenizer, [CHAT], 256) != key
+    assert token_cache.cache_key(chat_tokenizer, edited, 512) != key
+    assert token_cache.cache_key(chat_tokenizer, [CHAT], 256) != key
     other_template = make_gpt2_tokenizer()
     other_template.chat_template = chat_tokenizer.chat_template.replace("User:", "Human:")
-    assert masking.cache_key(other_template, [CHAT], 512) != key
+    assert token_cache.cache_key(other_template, [CHAT], 512) != key
     edited_code = tmp_path / "masking.py"  # a learner editing the masking code gets fresh tokens
     edited_code.write_text(Path(masking.__file__).read_text() + "\n# edited\n")
     monkeypatch.setattr(masking, "__file__", str(edited_code))
-    assert masking.cache_key(chat_tokenizer, [CHAT], 512) != key
+    assert token_cache.cache_key(chat_tokenizer, [CHAT], 512) != key
 
 
 def test_cache_keeps_the_newest_entries_and_survives_damage(chat_tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(masking, "KEEP_CACHED", 2)
+    monkeypatch.setattr(token_cache, "KEEP_CACHED", 2)
     abandoned = tmp_path / ".partial-killed"  # what a run killed while writing leaves
     abandoned.mkdir(parents=True)
     os.utime(abandoned, (time.time() - 7200,) * 2)
     for max_length in (128, 256, 512):
-        masking.tokenize_chats(chat_tokenizer, [CHAT], max_length, cache_dir=tmp_path)
+        token_cache.tokenize_chats(chat_tokenizer, [CHAT], max_length, cache_dir=tmp_path)
         time.sleep(0.01)
-    newest = tmp_path / masking.cache_key(chat_tokenizer, [CHAT], 512)
-    assert sorted(tmp_path.iterdir()) == sorted([newest, tmp_path / masking.cache_key(chat_tokenizer, [CHAT], 256)])
+    newest = tmp_path / token_cache.cache_key(chat_tokenizer, [CHAT], 512)
+    assert sorted(tmp_path.iterdir()) == sorted([newest, tmp_path / token_cache.cache_key(chat_tokenizer, [CHAT], 256)])
     shutil.rmtree(newest / "chats")  # damaged: tokenized again, not a crash
-    dataset, stats = masking.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=tmp_path)
-    assert not stats["cached"] and dataset.to_list() == masking.tokenize_chats(chat_tokenizer, [CHAT], 512)[0].to_list()
+    dataset, stats = token_cache.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=tmp_path)
+    assert not stats["cached"] and dataset.to_list() == token_cache.tokenize_chats(chat_tokenizer, [CHAT], 512)[0].to_list()
 
 
 def test_unwritable_cache_costs_only_the_caching(chat_tokenizer, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    dataset, stats = masking.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=blocked / "tokenized")
+    dataset, stats = token_cache.tokenize_chats(chat_tokenizer, [CHAT], 512, cache_dir=blocked / "tokenized")
     assert not stats["cached"] and len(dataset) == 1

@@ -28,7 +28,7 @@ def test_only_the_adapters_are_trained(lora_run, tiny_gpt2_dir):
     lora = metadata["lora"]
     assert lora["target_modules"] == ["c_attn", "c_fc", "c_proj"]  # GPT-2's fused attention and MLP layers
     assert 0 < lora["trainable_parameters"] < metadata["model_parameters"] / 20
-    assert "trainable parameters" in result.stdout and metadata["eval_loss"] < metadata["eval_loss_before"]
+    assert "trainable parameters" in result.stdout and metadata["results"]["eval_loss"] < metadata["results"]["eval_loss_before"]
     adapter = load_file(out_dir / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)
     base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).state_dict()
@@ -73,7 +73,7 @@ def qlora_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
     """--qlora through the real code path. bitsandbytes 0.50 also runs 4-bit layers on the CPU (slowly), so
     only the GPU check is bypassed; the loads are recorded to see what was 4-bit."""
     import train_chatbot
-    from sft import models
+    from sft import models, preflight
 
     out_dir = tmp_path_factory.mktemp("qlora") / "out"
     loads, load_model = [], models.load_model
@@ -84,7 +84,7 @@ def qlora_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
         return model
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "qlora_unavailable", lambda device: None)
+        patch.setattr(preflight, "qlora_unavailable", lambda device: None)
         # bitsandbytes' CPU-only inference layout (AVX512-BF16), taken at the first evaluation, breaks training
         # afterwards; CUDA never takes it.
         patch.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: False)
@@ -103,7 +103,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(qlor
     assert loads == [True, False]  # trained on the 4-bit base; merged into a full-precision reload of it
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
     assert "4-bit" in metadata["lora"]["base_weights"] and metadata["settings"]["qlora"]
-    assert metadata["eval_loss"] < metadata["eval_loss_before"]
+    assert metadata["results"]["eval_loss"] < metadata["results"]["eval_loss_before"]
     base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
     merged = AutoModelForCausalLM.from_pretrained(out_dir).eval()
     assert merged.dtype == torch.float32

@@ -11,7 +11,7 @@ from conftest import make_gpt2_tokenizer, quick_args, run_script
 from sft.metadata import METADATA_FILE
 
 
-def tiny_gpt_neox():
+def tiny_gpt_neox(kit_model_dir):  # GPT-2's tokenizer, which has no pad token
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tokenizer = make_gpt2_tokenizer()
@@ -21,12 +21,10 @@ def tiny_gpt_neox():
     return GPTNeoXForCausalLM(config), tokenizer
 
 
-def tiny_llama():
+def tiny_llama(kit_model_dir):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from sft import offline_kit
-
-    tokenizer = AutoTokenizer.from_pretrained(offline_kit.model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(kit_model_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -35,13 +33,13 @@ def tiny_llama():
 
 
 @pytest.mark.parametrize("build", [tiny_gpt_neox, tiny_llama], ids=["gpt-neox", "llama"])
-def test_other_architectures_train_mask_and_reload(build, tmp_path, chats_jsonl):
+def test_other_architectures_train_mask_and_reload(build, tmp_path, chats_jsonl, kit_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     base = tmp_path / "base"
-    model, tokenizer = build()
+    model, tokenizer = build(kit_model_dir)
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     out_dir = tmp_path / "out"
@@ -52,13 +50,15 @@ def test_other_architectures_train_mask_and_reload(build, tmp_path, chats_jsonl)
     eos = tokenizer.eos_token
     assert f"{eos}]]" in result.stdout and "Assistant:[[ " in result.stdout
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
-    assert metadata["eval_loss"] < metadata["eval_loss_before"]
+    assert metadata["results"]["eval_loss"] < metadata["results"]["eval_loss_before"]
 
     tuned = AutoTokenizer.from_pretrained(out_dir)
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir)
     assert type(reloaded).__name__ == type(model).__name__
     generation = json.loads((out_dir / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == tokenizer.eos_token_id and generation["pad_token_id"] is not None
+    # README: models without a pad token pad with their end-of-text; Gemma's tokenizer has its own pad token
+    assert generation["eos_token_id"] == tokenizer.eos_token_id
+    assert generation["pad_token_id"] == (tokenizer.pad_token_id if tokenizer.pad_token else tokenizer.eos_token_id)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     ids = tuned.apply_chat_template(messages, tokenize=True, return_dict=False)
     assert ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.eos_token_id) == 1

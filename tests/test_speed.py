@@ -11,10 +11,11 @@ import torch
 
 import train_chatbot
 from conftest import QA, ROOT
-from sft import masking, models
-from sft.config import config_from_constants
-from sft.speed import FastSFTTrainer
-from sft.train import make_sft_config
+from sft import models, settings, token_cache
+from sft.devices import Device
+from sft.masking import IGNORE_INDEX
+from sft.run import Run
+from sft.trainer import SFTTrainer as FastSFTTrainer, sft_config
 
 CHATS = [[{"role": "user", "content": f"{q} ({i})"}, {"role": "assistant", "content": a * (1 + i % 3)}]
          for i, (q, a) in enumerate(QA * 4)]
@@ -27,13 +28,19 @@ def tiny_model():
     return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, attn_pdrop=0, resid_pdrop=0, embd_pdrop=0))
 
 
-def trainer_for(trainer_class, model, tokenizer, tmp_path, **settings):
+def run_settings(tmp_path, **changes):
+    return settings.from_constants(settings.constants(vars(train_chatbot)),
+                                   **{"batch_size": 4, "max_steps": 1, "seed": 0, "output_dir": str(tmp_path / "out"),
+                                      **changes})
+
+
+def trainer_for(trainer_class, model, tokenizer, tmp_path, **changes):
     from trl import SFTTrainer
 
     assert issubclass(trainer_class, SFTTrainer)
-    config = config_from_constants(vars(train_chatbot), **{"batch_size": 4, "max_steps": 1, "seed": 0, **settings})
-    args = make_sft_config(config, tmp_path, "cpu", "fp32", has_eval=False, resuming=False)
-    dataset, _ = masking.tokenize_chats(tokenizer, CHATS, 1024)
+    config = run_settings(tmp_path, **changes)
+    args = sft_config(config, Run(config), evaluate=False)
+    dataset, _ = token_cache.tokenize_chats(tokenizer, CHATS, 1024)
     return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
@@ -42,10 +49,10 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
                                                                    rows_per_chunk):
     from trl import SFTTrainer
 
-    from sft import speed
+    from sft import label_only_loss
 
     if rows_per_chunk:
-        monkeypatch.setattr(speed, "CHUNK_LOGITS", rows_per_chunk * chat_tokenizer.vocab_size)
+        monkeypatch.setattr(label_only_loss, "CHUNK_LOGITS", rows_per_chunk * chat_tokenizer.vocab_size)
 
     reference_model = tiny_model()
     fast_model = copy.deepcopy(reference_model)
@@ -54,7 +61,7 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
     batch = reference.data_collator([reference.train_dataset[i] for i in range(4)])
     assert (batch["attention_mask"] == 0).any()  # padded: chats of different lengths
 
-    for num_items in (None, int((batch["labels"] != -100).sum()) + 3):  # per batch, and across accumulation
+    for num_items in (None, int((batch["labels"] != IGNORE_INDEX).sum()) + 3):  # per batch, and across accumulation
         losses = []
         for trainer, model in ((reference, reference_model), (fast, fast_model)):
             model.train()
@@ -71,7 +78,7 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
 
 def test_compiled_blocks_give_the_same_loss_and_gradients(chat_tokenizer, tmp_path):
     """--compile: every block compiled in place, through the label-only head, batches of two lengths."""
-    from sft.speed import compile_blocks
+    from sft.trainer import compile_blocks
 
     eager_model = tiny_model()
     compiled_model = copy.deepcopy(eager_model)
@@ -124,9 +131,11 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradien
 
 
 def test_dataloader_workers_collate_only_beside_a_gpu_and_give_the_same_batches(chat_tokenizer, tmp_path):
-    config = config_from_constants(vars(train_chatbot))
-    on_gpu = make_sft_config(config, tmp_path, "cuda (NVIDIA H100)", "fp32", has_eval=True, resuming=False)
-    on_cpu = make_sft_config(config, tmp_path, "cpu (2 threads)", "fp32", has_eval=True, resuming=False)
+    config = run_settings(tmp_path)
+    gpu_run, cpu_run = Run(config), Run(config)
+    gpu_run.device, cpu_run.device = Device("cuda", "cuda (NVIDIA H100)", "fp32"), Device("cpu", "cpu (2 threads)", "fp32")
+    on_gpu = sft_config(config, gpu_run, evaluate=True)
+    on_cpu = sft_config(config, cpu_run, evaluate=True)
     assert (on_gpu.dataloader_num_workers, on_gpu.dataloader_persistent_workers) == (min(2, os.cpu_count()), True)
     assert (on_cpu.dataloader_num_workers, on_cpu.dataloader_persistent_workers, on_cpu.use_cpu) == (0, False, True)
 
@@ -152,7 +161,7 @@ def test_a_padded_batch_scores_each_chat_as_if_it_were_alone(chat_tokenizer, tmp
         total, count = 0.0, 0
         for row in rows:
             alone = trainer.data_collator([row])
-            trained = int((alone["labels"][:, 1:] != -100).sum())
+            trained = int((alone["labels"][:, 1:] != IGNORE_INDEX).sum())
             total += model(**alone).loss.item() * trained
             count += trained
     assert together == pytest.approx(total / count, rel=1e-5)
@@ -164,8 +173,12 @@ def test_length_grouped_batches_are_similar_and_seeded_by_epoch(chat_tokenizer, 
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     first, again = list(sampler), list(sampler)
     assert first == again and sorted(first) == list(range(len(lengths)))  # every chat once, same order
-    sampler.set_epoch(1)
+    trainer.state.epoch = 1.0  # what the Trainer's state says at the start of the second pass
     assert list(sampler) != first  # a new order each epoch
+    trainer.state.epoch = 1.5  # a run resumed in the middle of that pass draws the same order
+    second = list(sampler)
+    trainer.state.epoch = 1.0
+    assert second == list(sampler)
     batches = [first[i:i + 4] for i in range(0, len(first), 4)]
     grouped_padding = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     random_padding = sum(max(lengths[i] for i in b) * len(b) for b in

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import quick_args, run_script
-from sft.metadata import METADATA_FILE, TrainingMetadata
+from sft.metadata import METADATA_FILE
 
 TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learning_rate", "model_parameters"]
 
@@ -24,23 +24,26 @@ def test_quick_test_writes_a_complete_model_folder(quick_run):
 def test_metadata_is_complete_and_plausible(quick_run, tiny_gpt2_dir, chats_jsonl):
     out_dir, _ = quick_run
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
-    assert set(metadata) == set(TrainingMetadata.__dataclass_fields__)
-    assert all(metadata[field] is not None for field in TUTORIAL_FIELDS)
+    assert list(metadata) == [*TUTORIAL_FIELDS, "stage", "base_model_source", "base_model_path", "data", "lora",
+                              "results", "environment", "settings"]
+    data, results, environment = metadata["data"], metadata["results"], metadata["environment"]
+    assert all(metadata[field] is not None for field in TUTORIAL_FIELDS) and metadata["stage"] == "sft"
     assert metadata["base_model"] == str(tiny_gpt2_dir) and metadata["base_model_source"] == "local"
-    assert metadata["dataset"] == str(chats_jsonl) and metadata["dataset_source"] == "local"
-    assert metadata["num_samples"] == 24 and metadata["num_eval_samples"] == 32
-    assert metadata["optimizer_steps"] == 4 and metadata["max_steps"] == 4
-    assert metadata["batch_size"] == 5 and metadata["gradient_accumulation_steps"] == 1  # quick_test's own
-    assert metadata["learning_rate"] == 2e-5 and metadata["max_length"] == 1024  # train_chatbot's constants
+    assert metadata["dataset"] == str(chats_jsonl) and data["source"] == "local"
+    assert metadata["num_samples"] == 24 and data["num_eval_samples"] == 32
+    assert results["optimizer_steps"] == 4 and metadata["settings"]["max_steps"] == 4
+    assert metadata["settings"]["batch_size"] == 5 and metadata["settings"]["gradient_accumulation_steps"] == 1
+    assert results["effective_batch_size"] == 5 and environment["num_processes"] == 1
+    assert metadata["learning_rate"] == 2e-5 and metadata["settings"]["max_length"] == 1024  # train_chatbot's own
     from transformers import AutoModelForCausalLM
     assert metadata["model_parameters"] == AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).num_parameters()
     # a random 50k-way model starts near ln(50257) = 10.8 per token; sums would be far larger
-    assert 9 < metadata["eval_loss_before"] < 12 and 9 < metadata["final_train_loss"] < 12
-    assert metadata["eval_loss"] < metadata["eval_loss_before"]
-    assert metadata["trained_tokens_per_epoch"] > 0 and metadata["tokens_processed"] > 0
-    assert metadata["tokens_per_second"] > 0 and metadata["train_seconds"] > 0
-    assert metadata["device"].startswith("cpu") and metadata["precision"] == "fp32"
-    assert set(metadata["library_versions"]) >= {"torch", "transformers", "trl", "datasets"}
+    assert 9 < results["eval_loss_before"] < 12 and 9 < results["final_train_loss"] < 12
+    assert results["eval_loss"] < results["eval_loss_before"]
+    assert data["trained_tokens_per_epoch"] > 0 and results["tokens_processed"] > 0
+    assert results["tokens_per_second"] > 0 and 0 < results["train_seconds"] < results["total_seconds"]
+    assert environment["device"].startswith("cpu") and environment["precision"] == "fp32"
+    assert set(environment["library_versions"]) >= {"torch", "transformers", "trl", "datasets"}
 
 
 def test_log_shows_losses_tokens_per_second_and_the_trained_tokens(quick_run):
@@ -63,18 +66,30 @@ def test_saved_folder_reloads_and_chats_through_its_template(quick_run):
     assert prompt == "User: What is the capital of France?\nAssistant:"
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
-    output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert output.shape[1] > inputs["input_ids"].shape[1]
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    # test_chatbot.py, loading the same folder, gives the same greedy answer to the same message
+    chat = run_script("test_chatbot.py", "-p", messages[0]["content"], "--max-new-tokens", "6", "--model", str(out_dir))
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert answer and chat.stdout.strip() == answer
 
 
 def test_same_run_again_replaces_the_folder_but_other_settings_need_overwrite(quick_run, tiny_gpt2_dir,
-                                                                               chats_jsonl):
-    out_dir, _ = quick_run
-    created = json.loads((out_dir / METADATA_FILE).read_text())["created_at"]
+                                                                               chats_jsonl, tmp_path):
+    import shutil
+
+    out_dir = tmp_path / "chatbot-test"
+    shutil.copytree(quick_run[0], out_dir)
+    created = json.loads((out_dir / METADATA_FILE).read_text())["environment"]["created_at"]
     refused = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--seed", "7"))
     assert refused.returncode == 2 and "--overwrite" in refused.stderr and "seed" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert json.loads((out_dir / METADATA_FILE).read_text())["created_at"] == created  # untouched
+    assert json.loads((out_dir / METADATA_FILE).read_text())["environment"]["created_at"] == created  # untouched
+    (out_dir / "loss_curve.png").write_bytes(b"from the earlier run")
+    again = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--logging-steps", "1"))
+    assert again.returncode == 0, again.stderr[-2000:]  # the same settings (a run control changed): no --overwrite
+    assert (out_dir / "loss_curve.png").read_bytes() != b"from the earlier run"  # replaced, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chatbot-test"]  # nothing left beside it
 
 
 def test_demo_and_full_scripts_share_the_code_with_their_own_constants():
@@ -101,7 +116,7 @@ def test_demo_and_full_scripts_run_into_their_own_folders(tmp_path, tiny_gpt2_di
     assert result.returncode == 0, result.stderr[-3000:]
     metadata = json.loads((tmp_path / folder / METADATA_FILE).read_text())
     assert metadata["settings"]["num_train_samples"] == requested
-    assert metadata["num_samples"] + metadata["num_eval_samples"] == 80  # all the fixture has, with a notice
+    assert metadata["num_samples"] + metadata["data"]["num_eval_samples"] == 80  # all the fixture has, with a notice
     assert f"only 80 usable conversations: training on {metadata['num_samples']} instead of {requested}" \
         in result.stdout
 
@@ -114,7 +129,8 @@ def test_model_card_describes_the_run_and_pipeline_chats_through_the_template(qu
     card = (out_dir / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and "pipeline_tag: text-generation" in card
     assert str(tiny_gpt2_dir) in card and metadata["dataset"] in card
-    assert f"{metadata['eval_loss_before']:.3f} before, {metadata['eval_loss']:.3f} after" in card
+    results = metadata["results"]
+    assert f"{results['eval_loss_before']:.3f} before, {results['eval_loss']:.3f} after" in card
     assert "User: What is the capital of France?\nAssistant: The capital of France is Paris.<|endoftext|>" in card
     assert "licences" in card
 
@@ -157,3 +173,26 @@ def test_rerun_on_the_same_chats_loads_them_tokenized_and_trains_the_same(tmp_pa
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 2  # training and held-out chats
     weights = [load_file(out / "model.safetensors") for out in (first, second)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_every_constant_is_a_flag_whose_help_is_its_comment():
+    import train_chatbot
+    from conftest import ROOT
+    from sft import settings
+
+    constants, helps = settings.constants(vars(train_chatbot)), settings.help_texts(ROOT / "train_chatbot.py")
+    assert set(helps) == set(constants) and all(helps.values())
+    help_text = " ".join(run_script("quick_test.py", "--help").stdout.split())
+    for name, comment in helps.items():
+        flag = "--" + name.lower().replace("_", "-")
+        assert flag in help_text and " ".join(comment.split())[:30] in help_text, name
+
+
+def test_the_readme_table_lists_every_setting():
+    import train_chatbot
+    from conftest import ROOT
+    from sft import settings
+
+    table = (ROOT / "README.md").read_text().split("| constant / flag | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    for name in settings.constants(vars(train_chatbot)):
+        assert f"`{name}`" in table, name

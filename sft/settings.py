@@ -1,0 +1,100 @@
+"""Settings: the constants at the top of train_chatbot.py, and the command-line flags made from them.
+
+Every setting is written once, as a constant with a comment:
+
+    NUM_EPOCHS = 3.0  # passes over the training chats
+
+and becomes the flag --num-epochs (typed by its default, with the comment as its --help) and the
+attribute `settings.num_epochs`. quick_test.py and demo_train.py only change some defaults.
+"""
+
+import argparse
+import io
+import tokenize
+from pathlib import Path
+from types import SimpleNamespace
+
+from .errors import UserError
+
+# Settings that change how a run is controlled or logged, or where it is written, not what it learns: a
+# re-run or a resume may change them and still count as the same run.
+RUN_CONTROLS = ("output_dir", "overwrite", "resume", "save_steps", "logging_steps", "report_to", "compile")
+
+
+class Settings(SimpleNamespace):
+    """The run's settings as attributes (settings.batch_size), plus two derived values."""
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora or self.qlora
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Conversations per optimizer step in one process."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+def constants(namespace: dict) -> dict:
+    """The UPPER_CASE names of a script's namespace: its settings."""
+    return {name: value for name, value in namespace.items() if name.isupper() and not name.startswith("_")}
+
+
+def from_constants(constants_: dict, **changes) -> Settings:
+    """Settings from a script's constants, with some changed by their lower-case name (for code and tests)."""
+    return Settings(**{**{name.lower(): value for name, value in constants_.items()}, **changes})
+
+
+def help_texts(source: Path) -> dict[str, str]:
+    """Each constant's comment on its own line of `source` (NAME = value  # comment): its --help text."""
+    texts, line_start = {}, None
+    for token in tokenize.generate_tokens(io.StringIO(source.read_text(encoding="utf-8")).readline):
+        if token.type == tokenize.NAME and token.start[1] == 0 and token.string.isupper():
+            line_start = token.string
+        elif token.type == tokenize.COMMENT and line_start:
+            texts[line_start] = token.string.lstrip("# ").strip()
+        if token.type in (tokenize.NEWLINE, tokenize.NL):
+            line_start = None
+    return texts
+
+
+def parse(constants_: dict, argv: list[str] | None, description: str, source: Path) -> Settings:
+    """Settings from the script's constants, each overridden by its flag; refused if out of range."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = help_texts(source)
+    for name, default in constants_.items():
+        flag, help_text = "--" + name.lower().replace("_", "-"), f"{helps.get(name, '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    settings = Settings(**vars(parser.parse_args(argv)))
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Refuse values that cannot work, naming the flag and how to fix it."""
+    checks = [
+        (s.num_train_samples >= 1, "--num-train-samples must be at least 1"),
+        (s.num_epochs > 0 or s.max_steps > 0, "--num-epochs must be above 0 (or set --max-steps)"),
+        (0 < s.learning_rate < 1, "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4)"),
+        (s.batch_size >= 1, "--batch-size must be at least 1"),
+        (s.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
+        (s.max_length >= 16, "--max-length must be at least 16 tokens"),
+        (0 <= s.dropout < 1, "--dropout must be in [0, 1)"),
+        (s.lora_rank >= 1 and s.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1"),
+        (0 <= s.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+        (bool(s.lora_target_modules.strip(" ,")), "--lora-target-modules must name at least one layer (or all-linear)"),
+        (0 <= s.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
+        (s.logging_steps >= 1, "--logging-steps must be at least 1"),
+        (s.save_steps >= 1, "--save-steps must be at least 1"),
+        (s.report_to in ("none", "tensorboard", "wandb"), "--report-to must be none, tensorboard or wandb"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def differing(previous: dict, settings: dict) -> list[str]:
+    """Names of the settings that make two runs different (run controls such as --save-steps do not)."""
+    return sorted(name for name in settings if name not in RUN_CONTROLS and previous.get(name) != settings[name])
