@@ -1,27 +1,33 @@
-"""See what SFT changed: base and fine-tuned model side by side, or chat with the fine-tuned one.
+"""See what SFT changed: base and fine-tuned model side by side, measured; or chat with the fine-tuned one.
 
     python test_chatbot.py --mode compare                      # ./chatbot-finetuned vs its base model
     python test_chatbot.py --mode compare --model ./chatbot-test
     python test_chatbot.py --mode compare --prompts my_prompts.txt --sample --temperature 0.8
+    python test_chatbot.py --mode eval --model ./chatbot-test  # IFEval, behaviour and held-out loss: report card
+    python test_chatbot.py --mode eval --limit 541             # all of IFEval's prompts (the default on a GPU)
     python test_chatbot.py --mode interactive --model ./chatbot-test
+    python test_chatbot.py --mode web --model ./chatbot-test   # chat in the browser: http://127.0.0.1:8000
     python test_chatbot.py -p "What is the capital of France?"  # one answer, then exit
 
-Compare mode writes compare_report.json and compare_report.md into the model folder.
+Compare mode writes compare_report.json and compare_report.md into the model folder; eval mode writes
+the report card: report.md, report.json and report.png.
 """
 
 import argparse
 from pathlib import Path
 
-from sft import compare, models
+from sft import compare, evaluate, ifeval, models, report_card
 from sft.chat import repl
 from sft.chat_format import install_chat_template
+from sft.console import quiet_library_chatter
+from sft.devices import pick_device
 from sft.errors import exit_on_user_error
 from sft.generation import Decoding, answer_once, check_prompt_lengths, load_for_generation
 from sft.metadata import read_metadata
 
 MODEL_DIR = "./chatbot-finetuned"
 BASE_MODEL = "gpt2"  # used only when there is no fine-tuned model yet
-MAX_NEW_TOKENS = 150
+MAX_NEW_TOKENS = 150  # answer length limit in compare and chat; eval mode allows evaluate.MAX_NEW_TOKENS (256)
 TEMPERATURE = 0.7
 TOP_P = 0.9
 SEED = 42
@@ -29,50 +35,106 @@ SEED = 42
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["compare", "interactive"], default="compare")
+    parser.add_argument("--mode", choices=["compare", "eval", "interactive", "web"], default="compare")
     parser.add_argument("--model", default=MODEL_DIR, help=f"fine-tuned model folder (default: {MODEL_DIR})")
     parser.add_argument("--base-model", default=BASE_MODEL,
                         help=f"base model to show when no fine-tuned model exists yet (default: {BASE_MODEL})")
     parser.add_argument("--prompts", help="file of prompts: one per line, or jsonl with a \"prompt\" field")
     parser.add_argument("-p", "--prompt", help="answer this one message with the fine-tuned model and exit")
-    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="answer length limit")
+    parser.add_argument("--limit", type=int, help=f"eval: this many of IFEval's {ifeval.NUM_PROMPTS} prompts, a "
+                        f"fixed, evenly spread subset (default: all on a GPU, {evaluate.CPU_PROMPTS} on a CPU)")
+    parser.add_argument("--max-new-tokens", type=int, help=f"answer length limit (default: {MAX_NEW_TOKENS}; "
+                        f"eval: {evaluate.MAX_NEW_TOKENS})")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="with --sample")
     parser.add_argument("--top-p", type=float, default=TOP_P, help="with --sample")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--cut-at-role", action="store_true",
-                        help="cut answers at the first new User:/Assistant: line")
+                        help="compare: cut answers at the first new User:/Assistant: line")
     parser.add_argument("--offline", action="store_true", help="never ask the Hub (use the offline kit)")
+    parser.add_argument("--host", default="127.0.0.1", help="web: the address to serve on (0.0.0.0: every network "
+                        "interface, so anyone who can reach this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
+    parser.add_argument("--max-queued", type=int, default=4, help="web: requests that may wait for one model "
+                        "while it answers another; more get 503 with Retry-After")
     return parser.parse_args(argv)
 
 
-def run_compare(args, decoding):
-    prompts = compare.read_prompts(args.prompts) if args.prompts else compare.DEFAULT_PROMPTS
+def load_contenders(args):
+    """(name -> model, the tokenizer whose chat template renders every prompt, the run's metadata or None)."""
     metadata = read_metadata(args.model)
-    if metadata is None:  # the tutorial's "test without training": show the base model alone
+    if metadata is None:  # the tutorial's "test without training": the base model alone
         print(f"No fine-tuned model in {args.model}: showing the base model alone.\n"
               "Train one with: python quick_test.py (minutes) or python train_chatbot.py (full run).")
         base, tokenizer = load_for_generation(models.find_base_model(args.base_model, args.offline))
         install_chat_template(tokenizer)
-        contenders = {"base": base}
-    else:
-        base_source = models.base_source_from_metadata(metadata)
-        tuned, tokenizer = load_for_generation(models.finetuned_source(args.model))  # its chat template renders every prompt
-        contenders = {"base": load_for_generation(base_source)[0], "fine-tuned": tuned}
+        return {"base": base}, tokenizer, None
+    tuned, tokenizer = load_for_generation(models.finetuned_source(args.model))
+    base, _ = load_for_generation(models.base_source_from_metadata(metadata))
+    return {"base": base, "fine-tuned": tuned}, tokenizer, metadata
 
-    window = models.context_window(contenders["base"]) or 2048
-    check_prompt_lengths(tokenizer, prompts, window, args.max_new_tokens)
+
+def run_compare(args, decoding):
+    prompts = compare.read_prompts(args.prompts) if args.prompts else compare.DEFAULT_PROMPTS
+    contenders, tokenizer, metadata = load_contenders(args)
+    check_prompt_lengths(tokenizer, prompts, models.context_window(contenders["base"]) or 2048, decoding.max_new_tokens)
     results, summaries = {}, {}
     for name, model in contenders.items():
-        print(f"Generating with the {name} model ({len(prompts)} prompts)...", flush=True)
-        results[name], speed = compare.generate_answers(model, tokenizer, prompts, decoding, args.cut_at_role)
+        results[name], speed = compare.generate_answers(model, tokenizer, prompts, decoding, args.cut_at_role, name)
         summaries[name] = compare.summarize(results[name], speed)
     compare.print_answers(results)
     print("\n" + "\n".join(compare.metrics_table(summaries)))
     if metadata is not None:
-        compare.write_report(Path(args.model), {"base": base_source.requested, "fine-tuned": args.model},
+        compare.write_report(Path(args.model), {"base": metadata["base_model"], "fine-tuned": args.model},
                              decoding, results, summaries)
         print(f"\nReport written to {Path(args.model) / compare.REPORT_MD} and {compare.REPORT_JSON}.")
+
+
+def run_eval(args, decoding):
+    if not Path(args.model).expanduser().is_dir():  # a folder without metadata evaluates its base model alone
+        models.finetuned_source(args.model)  # refuses, saying how to train one
+    device = pick_device()
+    limit = args.limit if args.limit is not None else (None if device.kind == "cuda" else evaluate.CPU_PROMPTS)
+    items = ifeval.prompts(limit)  # refuses a bad --limit before any model is loaded
+    if args.limit is None and limit is not None:
+        print(f"On a CPU: {limit} of IFEval's {ifeval.NUM_PROMPTS} prompts, sized to take about 10 minutes with "
+              f"the offline kit (--limit {ifeval.NUM_PROMPTS} for all of them).")
+    contenders, tokenizer, metadata = load_contenders(args)
+    window = models.context_window(contenders["base"]) or 2048
+    check_prompt_lengths(tokenizer, [item["prompt"] for item in items], window, decoding.max_new_tokens)
+    held_out = evaluate.held_out_chats(metadata) if metadata else None
+    max_length = metadata["settings"]["max_length"] if metadata else window
+    results = evaluate.evaluate(contenders, tokenizer, items, decoding, held_out, max_length)
+    print("\n" + "\n".join(evaluate.table(results)))
+    if metadata is not None:
+        about = {"prompts": len(items), "of": ifeval.NUM_PROMPTS, "max_new_tokens": decoding.max_new_tokens,
+                 "subset": "all" if len(items) == ifeval.NUM_PROMPTS else "prompt i x 541 // N of the file",
+                 "sentence_splitter": ifeval.SENTENCE_SPLITTER, "machine": device.name, "seconds": results["seconds"]}
+        report_card.write(Path(args.model), metadata, items, results, about)
+        print(f"\nReport card written to {Path(args.model) / report_card.REPORT_MD} (with {report_card.REPORT_JSON} "
+              f"and {report_card.REPORT_PNG}).")
+
+
+def run_web(args, decoding):
+    from sft.web import ChatServer
+
+    contenders, tokenizer, metadata = load_contenders(args)
+    about = (f"{args.model}, fine-tuned from {metadata['base_model']}: every message is rendered by its chat "
+             "template, for both models." if metadata else f"No fine-tuned model in {args.model}: the base model "
+             f"{args.base_model} alone. Train one with python quick_test.py, then serve it with --model ./chatbot-test.")
+    server = ChatServer((args.host, args.port), contenders, tokenizer,
+                        models.context_window(contenders["base"]) or 2048, {"about": about}, args.max_queued)
+    port = server.server_address[1]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"WARNING: serving on {args.host}: anyone who can reach this machine on port {port} can use the model.")
+    print(f"Chat in your browser: http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{port}  "
+          f"(OpenAI-compatible API at /v1; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nServer stopped.")
+    finally:
+        server.server_close()
 
 
 def run_chat(args, decoding):
@@ -88,10 +150,17 @@ def run_chat(args, decoding):
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    decoding = Decoding(max_new_tokens=args.max_new_tokens, sample=args.sample,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    quiet_library_chatter()
+    default_length = evaluate.MAX_NEW_TOKENS if args.mode == "eval" and args.prompt is None else MAX_NEW_TOKENS
+    decoding = Decoding(max_new_tokens=args.max_new_tokens or default_length, sample=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        batch_size=64 if pick_device().kind == "cuda" else 8)  # prompts generated together
     if args.prompt is not None or args.mode == "interactive":
         run_chat(args, decoding)
+    elif args.mode == "eval":
+        run_eval(args, decoding)
+    elif args.mode == "web":
+        run_web(args, decoding)
     else:
         run_compare(args, decoding)
 

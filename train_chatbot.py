@@ -14,7 +14,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from sft import chat_format, data, masking, metadata, models, save, settings
-from sft.callbacks import LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
 from sft.distributed import only_the_main_process_prints
 from sft.errors import exit_on_user_error
 from sft.lora import lora_config
@@ -91,7 +91,7 @@ def main(argv=None, **overrides):
             eval_dataset=eval_set,
             processing_class=tokenizer,
             peft_config=lora_config(s, model),
-            callbacks=[LogLines(), stop_on_ctrl_c, NoCheckpointAtTheEnd()],
+            callbacks=[LogLines(), AnswersAtEvaluation(tokenizer), stop_on_ctrl_c, NoCheckpointAtTheEnd()],
         )
         run.before_training(trainer, token_stats)  # LoRA's size, the CPU time estimate, --compile
 

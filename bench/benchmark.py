@@ -33,7 +33,6 @@ import dataclasses
 import json
 import platform
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -41,10 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transformers import TrainerCallback  # noqa: E402
-
-from sft import chat_format, devices, masking, models, token_cache  # noqa: E402
+from sft import chat_format, devices, estimates, masking, models, token_cache  # noqa: E402  (first: quiets a warning)
 from sft.masking import IGNORE_INDEX  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -154,22 +152,6 @@ def matmul_rate(device: str) -> float:
             torch.cuda.synchronize()
         rates.append(2 * n**3 * repeats / (time.perf_counter() - started))
     return max(rates)
-
-
-def reset_peak_rss() -> None:
-    """Linux lets a process reset its peak resident memory (VmHWM), so each configuration gets its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_gib() -> float:
-    try:
-        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
-        return int(line.split()[1]) / 2**20
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the process's peak so far
 
 
 @dataclasses.dataclass
@@ -299,7 +281,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     warm_up_seconds = time.perf_counter() - warm_up_started
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    reset_peak_rss()
+    estimates.reset_peak_rss()
     started = time.perf_counter()
     set_up_seconds = started - set_up_started  # the model, the trainer (its pass over the data), the warm-up
     trainer.train()
@@ -309,7 +291,7 @@ def run_configuration(name, variant, source, tokenizer, train_set, args, device,
     tokens, trained = batches.total("tokens"), batches.total("trained")
     positions, attention = batches.total("positions"), batches.total("attention")
     flops = 6 * parameters * tokens + 12 * layers * width * attention
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else estimates.peak_rss() / estimates.GIB
     return {"configuration": f"{name} {variant}".strip(), "steps": steps_measured,
             "s_per_step": seconds / steps_measured, "trained_tok_s": trained / seconds,
             "tok_s": tokens / seconds, "padding": 1 - tokens / positions, "flops": flops / seconds,

@@ -99,3 +99,47 @@ class NoCheckpointAtTheEnd(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_save = False
+
+
+class AnswersAtEvaluation(TrainerCallback):
+    """At each evaluation, a few fixed prompts answered greedily, printed under the eval line (and logged to
+    TensorBoard as text when it is on): the learner watches the answers change as the loss falls."""
+
+    PROMPTS = ["What is the capital of France?", "How many legs does a spider have?",
+               "Write a Python function to calculate fibonacci numbers."]
+    MAX_NEW_TOKENS = 32
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        from .distributed import sharded
+
+        if not state.is_world_process_zero or sharded() or model is None:  # sharded weights: every process must join
+            return
+        answers = self.answer(model)
+        print("\n".join(f"  {prompt}  ->  {answer!r}" for prompt, answer in zip(self.PROMPTS, answers)), flush=True)
+        if "tensorboard" in args.report_to:
+            self.log_to_tensorboard(answers, state.global_step)
+
+    def answer(self, model) -> list[str]:
+        from .generation import Decoding, generate_batch
+
+        was_training, padding_side = model.training, self.tokenizer.padding_side
+        model.eval()
+        rows, _ = generate_batch(model, self.tokenizer, [[{"role": "user", "content": p}] for p in self.PROMPTS],
+                                 Decoding(max_new_tokens=self.MAX_NEW_TOKENS), seed=0)
+        model.train(was_training)
+        self.tokenizer.padding_side = padding_side  # the saved tokenizer keeps its own
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+    def log_to_tensorboard(self, answers: list[str], step: int) -> None:
+        import os
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(os.environ["TENSORBOARD_LOGGING_DIR"]) as writer:
+            table = "| prompt | answer |\n|---|---|\n" + "\n".join(
+                f"| {prompt} | {answer.replace('|', '/').replace(chr(10), ' ')} |"
+                for prompt, answer in zip(self.PROMPTS, answers))
+            writer.add_text("answers", table, step)

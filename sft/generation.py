@@ -109,8 +109,10 @@ class StopWhenSet(StoppingCriteria):
         return self.event.is_set()
 
 
-def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, context_window: int):
-    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C) stops generation."""
+def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, context_window: int,
+                  record: dict | None = None):
+    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C) stops generation.
+    Once it has ended, `record` holds the prompt's length and the answer's token ids (up to end-of-text)."""
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -122,8 +124,13 @@ def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, con
     def work():
         torch.manual_seed(decoding.seed)
         with torch.no_grad():
-            model.generate(**inputs, **decoding.generate_kwargs(tokenizer), streamer=streamer,
-                           stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
+            output = model.generate(**inputs, **decoding.generate_kwargs(tokenizer), streamer=streamer,
+                                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
+        if record is not None:
+            ids = output[0, inputs["input_ids"].shape[1]:].tolist()
+            if tokenizer.eos_token_id in ids:
+                ids = ids[:ids.index(tokenizer.eos_token_id) + 1]
+            record.update(prompt_tokens=inputs["input_ids"].shape[1], ids=ids)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import checkpoints
+from .estimates import GIB, peak_rss
 from .lora import base_parameters, lora_summary
 
 METADATA_FILE = "training_metadata.json"
@@ -74,7 +75,17 @@ def results(run, trainer) -> dict:
         "train_seconds": round(train_seconds, 2),  # of this session (since the resume, if any)
         "tokens_per_second": round((tokens - tokens_before) / train_seconds, 1) if train_seconds else 0.0,
         "total_seconds": round(time.time() - run.started, 2),  # loading, tokenizing, training (not saving)
+        "peak_memory_gib": round(peak_memory(run.device.kind) / GIB, 2),  # since the measured batch (CUDA: on the GPU)
+        "peak_memory_estimate_gib": round(run.peak_estimate / GIB, 2) if run.peak_estimate else None,
     }
+
+
+def peak_memory(device_kind: str) -> int:
+    if device_kind == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return peak_rss()
 
 
 def write_metadata(record: dict, folder: Path) -> None:

@@ -66,7 +66,9 @@ so that it answers as the assistant of a `User:` / `Assistant:` chat and then st
 | machine | {environment['device']}, {environment['precision']}, {results['train_seconds']:,.0f} s of training |
 | licences | base model: {_licence(m['base_model'])}; data: {_licence(m['dataset'])} |
 
-All figures are in `training_metadata.json`; `loss_curve.png` plots the losses.
+All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. How well it follows
+instructions (IFEval), how it behaves and its held-out loss, against its base model, are in its
+[report card](report.md), written by `python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`.
 
 ## Chat format
 

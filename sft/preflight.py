@@ -1,7 +1,12 @@
-"""Checks made before any work, so that a run that cannot end well is refused in its first second."""
+"""Checks made before any work, so that a run that cannot end well is refused in its first seconds:
+one writer per output folder, settings the machine can run, a folder we may write, enough disk space."""
 
+import datetime
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
 from pathlib import Path
 
 from .errors import UserError
@@ -75,3 +80,60 @@ def check_reporting(report_to: str, output_dir: Path) -> Path | None:
     runs = output_dir.parent / "runs" / output_dir.name
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(runs)  # where transformers' TensorBoard callback writes
     return runs
+
+
+class OutputLock:
+    """One run at a time writes OUTPUT_DIR: an OS file lock, which the OS releases if the run is killed, so
+    that a dead run never blocks the next one. The lock files live in the project's cache, not beside the
+    model; a second run reads who holds the lock from the JSON file next to it."""
+
+    def __init__(self, output_dir: Path):
+        from .offline_kit import cache_dir
+
+        self.output_dir = output_dir
+        key = hashlib.sha256(str(output_dir.expanduser().resolve()).encode()).hexdigest()[:24]
+        self.path = cache_dir() / "locks" / f"{key}.lock"
+
+    def __enter__(self):
+        from filelock import FileLock, Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(self.path), timeout=0)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise UserError(f"another run ({self.holder()}) is writing {self.output_dir}: wait for it or choose "
+                            "another --output-dir") from None
+        self.path.with_suffix(".json").write_text(json.dumps(
+            {"pid": os.getpid(), "started": datetime.datetime.now().strftime("%H:%M"), "output_dir": str(self.output_dir)}))
+        return self
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.with_suffix(".json").read_text())
+            return f"pid {info['pid']}, started {info['started']}"
+        except (OSError, ValueError, KeyError):  # between its lock and its note
+            return "just started"
+
+    def __exit__(self, *exc):
+        self.path.with_suffix(".json").unlink(missing_ok=True)
+        self.lock.release()
+
+
+def check_disk_space(output_dir: Path, model_bytes: int, checkpoint_bytes: int, checkpoints: int) -> None:
+    """Refuse a run whose files will not fit beside OUTPUT_DIR: the model folder (written aside, then renamed)
+    and, while training, up to `checkpoints` checkpoints (the newest two kept, a third being written)."""
+    existing = output_dir.parent
+    while not existing.exists():
+        existing = existing.parent
+    need = max(checkpoints * checkpoint_bytes, min(checkpoints, 2) * checkpoint_bytes + model_bytes)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        gb = 1e9
+        parts = (f"the model folder, {model_bytes / gb:.2f} GB"
+                 + (f", and {checkpoints} checkpoints with their optimizer state, {checkpoint_bytes / gb:.2f} GB "
+                    "each" if checkpoints else ""))
+        raise UserError(f"not enough disk space for this run: it writes about {need / gb:.2f} GB ({parts}) and "
+                        f"{existing} has {free / gb:.2f} GB free. Free some space, choose an --output-dir on "
+                        "another disk, write fewer checkpoints (a --save-steps above the run's steps writes none), "
+                        "or train with --lora (its checkpoints hold only the adapters)")

@@ -1,11 +1,12 @@
 """One training run, around the recipe: the checks before any work, and what happens when it ends.
 
-    with Run(settings) as run:   # device picked, settings and folders checked, checkpoints prepared
+    with Run(settings) as run:   # OUTPUT_DIR locked for this run; settings and folders checked
         ...                      # the recipe (train_chatbot.py)
     # on the way out: checkpoints removed, unless the run stopped early and can resume from one
 
-It also prints what a learner should know just before training (LoRA's size, the CPU time estimate),
-turns the failures a good setup can still meet into advice, and prints the closing summary.
+Just before training it checks the disk and the memory the run will need and prints what a learner
+should know (LoRA's size, the CPU time estimate); it turns the failures a good setup can still meet
+into advice, and prints the closing summary.
 """
 
 import contextlib
@@ -31,43 +32,76 @@ class Run:
         self.checkpoints = checkpoints.folder(self.output_dir)
         self.resume_from = None  # the checkpoint an interrupted run of the same settings left
         self.tensorboard_dir = None
+        self.peak_estimate = None  # bytes, from before_training's measured batch
 
     def __enter__(self):
         quiet_library_chatter()
         s, settings = self.settings, vars(self.settings)
         if s.offline:
             stay_offline()
-        preflight.check_method(s, self.device, self.sharding)
-        preflight.check_output_dir(self.output_dir, settings, s.overwrite)
-        self.resume_from = checkpoints.find_resume_point(self.output_dir, settings, s.resume, s.overwrite)
-        self.tensorboard_dir = preflight.check_reporting(s.report_to, self.output_dir)
-        if self.is_main:
-            checkpoints.start(self.output_dir, settings, resuming=self.resume_from is not None)
+        with contextlib.ExitStack() as held:  # the lock is given back if a check below refuses the run
+            if self.is_main:
+                held.enter_context(preflight.OutputLock(self.output_dir))  # the OS frees it if the run is killed
+            preflight.check_method(s, self.device, self.sharding)
+            preflight.check_output_dir(self.output_dir, settings, s.overwrite)
+            self.resume_from = checkpoints.find_resume_point(self.output_dir, settings, s.resume, s.overwrite)
+            self.tensorboard_dir = preflight.check_reporting(s.report_to, self.output_dir)
+            if self.is_main:
+                checkpoints.start(self.output_dir, settings, resuming=self.resume_from is not None)
+            self.held = held.pop_all()
         return self
 
     def __exit__(self, error_type, error, traceback):
         if self.is_main:  # keep checkpoints only if the run stopped early and one can be resumed
             checkpoints.discard(self.output_dir, keep_resumable=error_type is not None)
+        self.held.close()
 
     def before_training(self, trainer, token_stats: dict) -> None:
-        """Print LoRA's size and, on a CPU, the time the run will take; compile the blocks with --compile."""
+        """What a learner should know, and what can still be refused, just before training: LoRA's size, enough
+        disk and memory (measured on one real batch), the time on a CPU. Then --compile's blocks."""
         s = self.settings
         if lora := lora_summary(trainer.model, s):
             trainable, total = lora["trainable_parameters"], base_parameters(trainer.model)
             print(f"{'QLoRA (4-bit base)' if s.qlora else 'LoRA'}: rank {lora['rank']}, alpha {lora['alpha']}, "
                   f"on {', '.join(lora['target_modules'])}: {trainable / 1e6:.2f}M trainable parameters "
                   f"({trainable / total:.2%} of the model).")
-        if self.device.kind == "cpu" and self.resume_from is None:
-            estimate = estimates.cpu_training_time(trainer, s, token_stats["tokens"], self.processes)
-            print(f"Estimated time on this CPU: {estimate}.")
+        steps = estimates.planned_steps(s, len(trainer.train_dataset), self.processes)
+        if self.is_main:
+            model_bytes, checkpoint_bytes = estimates.disk_needs(trainer, trainer.processing_class)
+            preflight.check_disk_space(self.output_dir, model_bytes, checkpoint_bytes,
+                                       checkpoints=min(3, (steps[0] - 1) // s.save_steps))
+        if self.device.kind in ("cpu", "cuda"):
+            measurement = estimates.measure_one_batch(trainer)
+            self.check_memory(measurement)
+            if self.device.kind == "cpu" and self.resume_from is None:
+                estimate = estimates.cpu_training_time(measurement, token_stats["tokens"], steps, self.processes)
+                print(f"Estimated time on this CPU: {estimate}.")
         if self.resume_from is not None:
             print(f"\nResuming from {self.resume_from} (pass --no-resume to start over).")
-        if s.compile:  # after the estimate, which would otherwise time the compiling
+        if s.compile:  # after the measurement, which would otherwise time the compiling
             from .trainer import compile_blocks
 
             compiled = compile_blocks(trainer.model)
             print(f"torch.compile: {compiled[0]} {compiled[1]} blocks, compiled during the first steps."
                   if compiled else "torch.compile: this model has no stack of identical blocks; --compile ignored.")
+
+    def check_memory(self, measurement) -> None:
+        """The peak the run will reach (the measured pass, plus AdamW's state from the first step on) against what
+        the machine has: far over on a CPU is refused (the kernel would kill the run without a word); close,
+        or over on a GPU (where the message comes from CUDA itself), is a warning."""
+        gib, cuda = estimates.GIB, self.device.kind == "cuda"
+        self.peak_estimate = measurement.peak_bytes + measurement.optimizer_bytes
+        need = self.peak_estimate * (1 if cuda else distributed.processes_on_this_machine())
+        room = estimates.available_memory(self.device.kind)
+        where = "on the GPU" if cuda else "of memory"
+        print(f"Memory: about {need / gib:.1f} GiB {where} at the peak (measured on the longest batch, plus "
+              f"AdamW's state); {room / gib:.1f} GiB available.")
+        if need > 1.3 * room and not cuda:
+            raise UserError(f"this run needs about {need / gib:.1f} GiB of memory at its peak and this machine has "
+                            f"{room / gib:.1f} GiB available: the system would kill it. Try {memory_advice(self.settings)}.")
+        if need > 0.8 * room:
+            print(f"NOTE: this run may run out of memory ({need / gib:.1f} GiB needed, {room / gib:.1f} GiB "
+                  f"available). If it does, try {memory_advice(self.settings)}.")
 
     @contextlib.contextmanager
     def failures_explained(self):

@@ -1,7 +1,7 @@
 """Train: TRL's SFTTrainer, given our settings as an SFTConfig, with two measured changes.
 
-- Off CUDA, the language-model head is applied only at labelled positions (label_only_loss.py): 1.57x
-  per step for GPT-2 on long chats on a 2-core CPU, the same loss, gradients and logged metrics.
+- Off CUDA, the language-model head is applied only at labelled positions (label_only_loss.py): 1.57x to
+  1.67x per step on a 2-core CPU, with the same loss, gradients and logged metrics.
 - Length-grouped batches drawn from (seed, epoch) alone, so that a resumed run sees the batches the
   interrupted one would have: transformers' own sampler draws from the global random state, which a
   resume restores as it was mid-epoch, not at the epoch's start (a resumed run then ended elsewhere).

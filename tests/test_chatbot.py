@@ -210,30 +210,30 @@ def test_reset_empties_the_history_the_model_sees(chat_model_dir, monkeypatch):
     assert seen[2] == [{"role": "user", "content": "After the reset"}]  # and after /reset, nothing before it
 
 
-def test_sampling_is_seeded_and_differs_from_greedy(chat_model_dir):
-    def answer(*extra):
-        result = run_script("test_chatbot.py", "--model", str(chat_model_dir), "-p", "Tell me a story",
-                            "--max-new-tokens", "12", *extra)
-        assert result.returncode == 0, result.stderr[-2000:]
-        return result.stdout.strip()
+def test_sampling_is_seeded_and_differs_from_greedy(chat_model_dir, tmp_path):
+    """The same prompt twice in one batch: greedy decoding would answer it twice alike, sampling does not;
+    and the same --seed gives the same answers again."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me a story\nTell me a story\n")
 
-    greedy, sampled = answer(), answer("--sample", "--temperature", "1.5", "--seed", "1")
-    assert sampled == answer("--sample", "--temperature", "1.5", "--seed", "1")  # the same seed, the same answer
-    assert sampled != answer("--sample", "--temperature", "1.5", "--seed", "2") and sampled != greedy
+    def answers():
+        result = run_script("test_chatbot.py", "--model", str(tmp_path / "none"), "--base-model", str(chat_model_dir),
+                            "--prompts", str(prompts), "--max-new-tokens", "12", "--sample", "--temperature", "1.5",
+                            "--seed", "1")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return [part.split("\n\n| model", 1)[0] for part in result.stdout.split("--- base (")[1:]]
+
+    first = answers()
+    assert len(first) == 2 and first[0] != first[1] and answers() == first
 
 
 def test_cut_at_role_keeps_the_answer_up_to_the_invented_turn(tmp_path, kit_model_dir):
     """The kit's base model answers, then writes the next User: turn itself (README, compare)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is the capital of France?\n")
-    args = ["--model", str(tmp_path / "none"), "--base-model", str(kit_model_dir), "--prompts", str(prompts),
-            "--max-new-tokens", "24"]
-    whole, cut = run_script("test_chatbot.py", *args), run_script("test_chatbot.py", *args, "--cut-at-role")
-    assert whole.returncode == cut.returncode == 0, whole.stderr[-2000:] + cut.stderr[-2000:]
-
-    def answer(stdout):  # the lines under the model's heading, up to the table
-        return stdout.split("--- base (", 1)[1].split("\n", 1)[1].split("\n\n| model", 1)[0].strip()
-
-    assert "\nUser: " in answer(whole.stdout) and answer(whole.stdout).startswith(answer(cut.stdout))
-    assert answer(cut.stdout) == "The capital of France is Paris."
-    assert "role leak" in cut.stdout  # the behaviour is still measured on the whole answer
+    cut = run_script("test_chatbot.py", "--model", str(tmp_path / "none"), "--base-model", str(kit_model_dir),
+                     "--prompts", str(prompts), "--max-new-tokens", "24", "--cut-at-role")
+    assert cut.returncode == 0, cut.stderr[-2000:]
+    heading, answer = cut.stdout.split("--- base (", 1)[1].split("\n\n| model", 1)[0].split("\n", 1)
+    assert answer.strip() == "The capital of France is Paris."
+    assert "role leak" in heading  # measured on the whole answer, which went on with a User: turn

@@ -147,8 +147,9 @@ def test_report_to_tensorboard_logs_losses_beside_the_output(tmp_path, tiny_gpt2
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--report-to", "tensorboard"),
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    events = list((tmp_path / "runs" / "out").glob("events.out.tfevents.*"))
-    assert len(events) == 1 and b"train/loss" in events[0].read_bytes() and b"eval/loss" in events[0].read_bytes()
+    logged = b"".join(events.read_bytes() for events in (tmp_path / "runs" / "out").glob("events.out.tfevents.*"))
+    assert b"train/loss" in logged and b"eval/loss" in logged
+    assert b"answers" in logged and b"What is the capital of France?" in logged  # the answers at each evaluation
     assert (out_dir / "loss_curve.png").is_file()  # still written
 
 

@@ -1,0 +1,111 @@
+"""Evaluation: IFEval scored offline by Google's rules, the report card, and answers during training."""
+
+import json
+
+import pytest
+
+from conftest import run_script
+from sft import ifeval
+
+
+def item(instruction: str, **kwargs) -> dict:
+    return {"key": 1, "prompt": "A request.", "instruction_id_list": [instruction], "kwargs": [kwargs]}
+
+
+@pytest.mark.parametrize("instruction, kwargs, followed, broken", [
+    ("punctuation:no_comma", {}, "Paris is the capital of France.", "Paris, the capital, is in France."),
+    ("change_case:english_lowercase", {}, "all of this is lower case.", "This is Not."),
+    ("detectable_format:json_format", {}, '{"nickname": "Staff"}', "Staff is a fine nickname."),
+    ("length_constraints:number_words", {"relation": "at least", "num_words": 5}, "one two three four five six",
+     "one two"),
+    # Punkt knows "Dr." and "p.m." are abbreviations: two sentences here, not five (a split on every period)
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3},
+     "Dr. Smith arrived at 5 p.m. yesterday. He left early.", "One. Two. Three. Four."),
+])
+def test_scores_agree_with_googles_rules_on_hand_made_answers(instruction, kwargs, followed, broken):
+    rules = ifeval.checker()
+    items = [item(instruction, **kwargs)] * 2
+    summary = ifeval.score(items, [followed, broken])
+    assert summary["followed_strict"] == [True, False]
+    assert summary["prompt_level_strict"] == summary["instruction_level_strict"] == 0.5
+    for answer, expected in ((followed, True), (broken, False)):  # the checker itself, called directly
+        example = rules.InputExample(key=1, instruction_id_list=[instruction], prompt="A request.", kwargs=[kwargs])
+        assert rules.test_instruction_following_strict(example, answer).follow_all_instructions is expected
+    assert summary["by_instruction"] == {instruction: {"followed": 1, "of": 2}}
+
+
+def test_the_sentence_splitter_is_nltks_punkt_with_its_english_parameters():
+    import nltk
+
+    ifeval.prepare_sentence_splitter()
+    tokenizer = nltk.data.load("nltk:tokenizers/punkt/english.pickle")  # what the checker loads: no download
+    assert tokenizer.tokenize("Mr. Brown met Dr. Smith at 5 p.m. on Jan. 3. They talked.") == [
+        "Mr. Brown met Dr. Smith at 5 p.m. on Jan. 3.", "They talked."]
+    assert {"dr", "mr", "p.m", "jan"} <= tokenizer._params.abbrev_types
+
+
+def test_the_prompts_and_the_subset_are_fixed():
+    every = ifeval.prompts()
+    assert len(every) == ifeval.NUM_PROMPTS == 541 and every[0]["key"] == 1000
+    subset = ifeval.prompts(61)
+    assert len(subset) == 61 and subset == [every[i * 541 // 61] for i in range(61)] == ifeval.prompts(61)
+    assert [p["key"] for p in subset[:4]] == [every[0]["key"], every[8]["key"], every[17]["key"], every[26]["key"]]
+    assert ifeval.prompts(541) == every
+
+
+def test_eval_writes_a_report_card_that_holds_the_numbers_it_printed(quick_run):
+    out_dir, _ = quick_run
+    result = run_script("test_chatbot.py", "--mode", "eval", "--model", str(out_dir), "--limit", "6",
+                        "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert names == ["base", "base, cut at its first role line", "fine-tuned"]
+    report = json.loads((out_dir / "report.json").read_text())
+    card = (out_dir / "report.md").read_text()
+    assert all(row in card for row in rows) and (out_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["prompts"] == 6 and report["sentence_splitter"] == ifeval.SENTENCE_SPLITTER
+    for name, row in zip(names, rows):
+        model = report["models"][name]
+        assert f"{model['ifeval']['prompt_level_strict']:.1%}" in row
+        if "held_out_loss" in model and model["held_out_loss"] is not None:
+            assert f"{model['held_out_loss']:.3f}" in row
+    tuned = report["models"]["fine-tuned"]
+    assert len(tuned["answers"]) == 6 and tuned["behaviour"]["mean_answer_tokens"] <= 8
+    # the held-out loss is a true per-token mean over the whole split, close to the Trainer's batch-mean one
+    metadata = json.loads((out_dir / "training_metadata.json").read_text())["results"]
+    assert tuned["held_out_loss"] == pytest.approx(metadata["eval_loss"], rel=0.02)
+    assert report["models"]["base"]["held_out_loss"] == pytest.approx(metadata["eval_loss_before"], rel=0.02)
+    assert "report.md" in (out_dir / "README.md").read_text()  # the model card links to it
+
+
+@pytest.mark.parametrize("limit", ["0", "542"])
+def test_a_limit_out_of_range_is_refused(quick_run, limit):
+    from test_faults import assert_clean_failure
+
+    result = run_script("test_chatbot.py", "--mode", "eval", "--model", str(quick_run[0]), "--limit", limit)
+    assert_clean_failure(result, "--limit must be between 1 and 541")
+
+
+def test_eval_of_a_missing_folder_is_refused(tmp_path):
+    from test_faults import assert_clean_failure
+
+    result = run_script("test_chatbot.py", "--mode", "eval", "--model", str(tmp_path / "none"), "--limit", "2")
+    assert_clean_failure(result, "no fine-tuned model at")
+
+
+def test_eval_without_its_packages_says_how_to_install_them(monkeypatch):
+    import importlib.util
+
+    from sft.errors import UserError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else find_spec(name, *a))
+    with pytest.raises(UserError, match="needs the package lm-eval: pip install -r requirements.txt"):
+        ifeval.prompts(5)
+
+
+def test_answers_appear_under_each_evaluation_while_training(quick_run):
+    _, result = quick_run
+    evaluations = result.stdout.count("eval  | step")
+    assert evaluations == 2 and result.stdout.count("  What is the capital of France?  ->  ") == evaluations
