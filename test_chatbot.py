@@ -132,6 +132,7 @@ def run_web(args, decoding):
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        server.stop_generations()  # answers being streamed end at their next token
         print("\nServer stopped.")
     finally:
         server.server_close()

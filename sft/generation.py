@@ -110,16 +110,16 @@ class StopWhenSet(StoppingCriteria):
 
 
 def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, context_window: int,
-                  record: dict | None = None):
-    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C) stops generation.
-    Once it has ended, `record` holds the prompt's length and the answer's token ids (up to end-of-text)."""
+                  record: dict | None = None, stop: threading.Event | None = None):
+    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C), or setting `stop`,
+    stops generation. Once it has ended, `record` holds the prompt's length and the answer's token ids."""
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     inputs = encode_prompts(tokenizer, [fit_history(tokenizer, history, context_window, decoding.max_new_tokens)])
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    stop = threading.Event()
+    stop = stop or threading.Event()
 
     def work():
         torch.manual_seed(decoding.seed)

@@ -21,7 +21,7 @@ def wait_for_training(process) -> None:
 
 def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp_path, tiny_gpt2_dir, chats_jsonl):
     out_dir = tmp_path / "out"
-    first = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "600", "--seed", "1",
+    first = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "300", "--seed", "1",
                                         "--logging-steps", "1000", "--save-steps", "1000"), tmp_path)
     wait_for_training(first)
     second = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--seed", "2"), cwd=tmp_path)
@@ -32,7 +32,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
-    assert metadata["settings"]["seed"] == 1 and metadata["results"]["optimizer_steps"] == 600  # the first's model
+    assert metadata["settings"]["seed"] == 1 and metadata["results"]["optimizer_steps"] == 300  # the first's model
     assert leftovers(tmp_path) == []
 
 
