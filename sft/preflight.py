@@ -104,8 +104,9 @@ class OutputLock:
         except Timeout:
             raise UserError(f"another run ({self.holder()}) is writing {self.output_dir}: wait for it or choose "
                             "another --output-dir") from None
+        started = datetime.datetime.now().strftime("%H:%M")
         self.path.with_suffix(".json").write_text(json.dumps(
-            {"pid": os.getpid(), "started": datetime.datetime.now().strftime("%H:%M"), "output_dir": str(self.output_dir)}))
+            {"pid": os.getpid(), "started": started, "output_dir": str(self.output_dir)}))
         return self
 
     def holder(self) -> str:

@@ -14,8 +14,8 @@ from .evaluate import CUT_BASE, table
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 EXAMPLES = 3
-CHART = [("IFEval prompts followed", "ifeval", "prompt_level_strict"),
-         ("IFEval instructions followed", "ifeval", "instruction_level_strict"),
+CHART = [("IFEval:\nprompts followed", "ifeval", "prompt_level_strict"),
+         ("IFEval:\ninstructions followed", "ifeval", "instruction_level_strict"),
          ("clean stop", "behaviour", "clean_stop_rate"), ("role leak", "behaviour", "role_leak_rate"),
          ("repetition", "behaviour", "repetition_rate")]
 

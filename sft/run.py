@@ -70,7 +70,7 @@ class Run:
             model_bytes, checkpoint_bytes = estimates.disk_needs(trainer, trainer.processing_class)
             preflight.check_disk_space(self.output_dir, model_bytes, checkpoint_bytes,
                                        checkpoints=min(3, (steps[0] - 1) // s.save_steps))
-        if self.device.kind in ("cpu", "cuda"):
+        if self.device.kind in ("cpu", "cuda") and not self.sharding:  # sharded, the model is whole only later
             measurement = estimates.measure_one_batch(trainer)
             self.check_memory(measurement)
             if self.device.kind == "cpu" and self.resume_from is None:
@@ -98,7 +98,8 @@ class Run:
               f"AdamW's state); {room / gib:.1f} GiB available.")
         if need > 1.3 * room and not cuda:
             raise UserError(f"this run needs about {need / gib:.1f} GiB of memory at its peak and this machine has "
-                            f"{room / gib:.1f} GiB available: the system would kill it. Try {memory_advice(self.settings)}.")
+                            f"{room / gib:.1f} GiB available: the system would kill it. "
+                            f"Try {memory_advice(self.settings)}.")
         if need > 0.8 * room:
             print(f"NOTE: this run may run out of memory ({need / gib:.1f} GiB needed, {room / gib:.1f} GiB "
                   f"available). If it does, try {memory_advice(self.settings)}.")
@@ -111,8 +112,8 @@ class Run:
             yield
         except Exception as error:
             if s.compile and type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                raise UserError(f"--compile: torch.compile failed on {device}: {first_line(error)}. Run without "
-                                "--compile (on a CPU, torch.compile needs a working C++ compiler: gcc or clang)") from None
+                raise UserError(f"--compile: torch.compile failed on {device}: {first_line(error)}. Run without --compile "
+                                "(on a CPU, torch.compile needs a working C++ compiler: gcc or clang)") from None
             if isinstance(error, (RuntimeError, MemoryError)) and is_out_of_memory(error):
                 raise UserError(f"out of memory on {device} with --batch-size {s.batch_size}, "
                                 f"--gradient-accumulation-steps {s.gradient_accumulation_steps}, --max-length "

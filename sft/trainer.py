@@ -82,8 +82,9 @@ class SFTTrainer(trl.SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if any(isinstance(c, LogLines) for c in self.callback_handler.callbacks):  # it replaces the Trainer's printers
-            for callback in [c for c in self.callback_handler.callbacks if type(c) in (ProgressCallback, PrinterCallback)]:
+        callbacks = self.callback_handler.callbacks
+        if any(isinstance(c, LogLines) for c in callbacks):  # our log line replaces the Trainer's printers
+            for callback in [c for c in callbacks if type(c) in (ProgressCallback, PrinterCallback)]:
                 self.remove_callback(callback)
 
     def _get_train_sampler(self, train_dataset=None):
