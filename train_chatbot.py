@@ -31,7 +31,7 @@ OUTPUT_DIR = "./chatbot-finetuned"  # where the fine-tuned model folder is writt
 # How long, how fast
 NUM_EPOCHS = 3.0  # passes over the training chats
 MAX_STEPS = 0  # if above 0: stop after this many optimizer steps instead of NUM_EPOCHS
-LEARNING_RATE = 2e-5  # peak AdamW learning rate, decayed linearly to 0 (with LoRA, use about 10x more)
+LEARNING_RATE = 2e-5  # peak AdamW learning rate, decayed linearly to 0
 # 4 chats of up to 1,024 tokens per pass, 4 passes summed into one optimizer step: an effective batch of 16.
 # Out of memory? Halve BATCH_SIZE and double GRADIENT_ACCUMULATION_STEPS, lower MAX_LENGTH, or set
 # GRADIENT_CHECKPOINTING.
@@ -42,6 +42,7 @@ DROPOUT = 0.0  # dropout while training (GPT-2 was pretrained with 0.1; none tra
 # LoRA: train small adapters instead of every weight (less memory, bigger models)
 LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
 QLORA = False  # LoRA on the base model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory
+LORA_LEARNING_RATE = 2e-4  # LEARNING_RATE with LoRA (adapters need larger steps), unless --learning-rate is given
 LORA_RANK = 16  # adapter size r
 LORA_ALPHA = 32  # adapters are scaled by alpha / r
 LORA_DROPOUT = 0.0  # dropout on the adapters' input while training

@@ -43,6 +43,9 @@ def lora_summary(model, settings) -> dict | None:
     return {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout,
             "target_modules": targets,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "learning_rate": settings.learning_rate,  # LORA_LEARNING_RATE unless --learning-rate was given
+            "learning_rate_from": "LORA_LEARNING_RATE" if settings.learning_rate == settings.lora_learning_rate
+                                  else "--learning-rate",
             "base_weights": "4-bit NF4 while training (QLoRA, bitsandbytes)" if settings.qlora else "as loaded",
             "saved": ("merged into the unquantized base" if settings.qlora else "merged into the weights")
                      + " saved in this folder; the adapter alone in adapter/"}

@@ -64,7 +64,8 @@ class Run:
             trainable, total = lora["trainable_parameters"], base_parameters(trainer.model)
             print(f"{'QLoRA (4-bit base)' if s.qlora else 'LoRA'}: rank {lora['rank']}, alpha {lora['alpha']}, "
                   f"on {', '.join(lora['target_modules'])}: {trainable / 1e6:.2f}M trainable parameters "
-                  f"({trainable / total:.2%} of the model).")
+                  f"({trainable / total:.2%} of the model); learning rate {s.learning_rate:g} "
+                  f"({lora['learning_rate_from']}).")
         steps = estimates.planned_steps(s, len(trainer.train_dataset), self.processes)
         if self.is_main:
             model_bytes, checkpoint_bytes = estimates.disk_needs(trainer, trainer.processing_class)

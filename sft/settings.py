@@ -59,17 +59,26 @@ def help_texts(source: Path) -> dict[str, str]:
 
 def parse(constants_: dict, argv: list[str] | None, description: str, source: Path) -> Settings:
     """Settings from the script's constants, each overridden by its flag; refused if out of range."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = help_texts(source)
-    for name, default in constants_.items():
-        flag, help_text = "--" + name.lower().replace("_", "-"), f"{helps.get(name, '')} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
-    settings = Settings(**vars(parser.parse_args(argv)))
+    settings = Settings(**vars(flag_parser(constants_, helps, description).parse_args(argv)))
+    typed = vars(flag_parser(constants_, helps, description, argparse.SUPPRESS).parse_args(argv))  # only those typed
+    if settings.uses_lora and "learning_rate" not in typed:
+        settings.learning_rate = settings.lora_learning_rate  # adapters need a larger step (BENCHMARKS.md: sweep)
     validate(settings)
     return settings
+
+
+def flag_parser(constants_: dict, helps: dict, description: str, default=None) -> argparse.ArgumentParser:
+    """One flag per constant, typed by its value; `default` replaces every default (SUPPRESS: flags typed only)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in constants_.items():
+        flag, help_text = "--" + name.lower().replace("_", "-"), f"{helps.get(name, '')} (default: {value})"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text,
+                                default=value if default is None else default)
+        else:
+            parser.add_argument(flag, type=type(value), help=help_text, default=value if default is None else default)
+    return parser
 
 
 def validate(s: Settings) -> None:
@@ -78,6 +87,7 @@ def validate(s: Settings) -> None:
         (s.num_train_samples >= 1, "--num-train-samples must be at least 1"),
         (s.num_epochs > 0 or s.max_steps > 0, "--num-epochs must be above 0 (or set --max-steps)"),
         (0 < s.learning_rate < 1, "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4)"),
+        (0 < s.lora_learning_rate < 1, "--lora-learning-rate must be between 0 and 1 (typical: 1e-4 to 5e-4)"),
         (s.batch_size >= 1, "--batch-size must be at least 1"),
         (s.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
         (s.max_length >= 16, "--max-length must be at least 16 tokens"),

@@ -27,6 +27,7 @@ def test_only_the_adapters_are_trained(lora_run, tiny_gpt2_dir):
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
     lora = metadata["lora"]
     assert lora["target_modules"] == ["c_attn", "c_fc", "c_proj"]  # GPT-2's fused attention and MLP layers
+    assert (lora["learning_rate"], lora["learning_rate_from"], metadata["learning_rate"]) == (2e-3, "--learning-rate", 2e-3)
     assert 0 < lora["trainable_parameters"] < metadata["model_parameters"] / 20
     assert "trainable parameters" in result.stdout and metadata["results"]["eval_loss"] < metadata["results"]["eval_loss_before"]
     adapter = load_file(out_dir / "adapter" / "adapter_model.safetensors")
@@ -121,8 +122,12 @@ def test_lora_on_named_layers_with_dropout(tiny_gpt2_dir, chats_jsonl, tmp_path)
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--lora",
                                                      "--lora-target-modules", "c_attn", "--lora-dropout", "0.1"))
     assert result.returncode == 0, result.stderr[-2000:]
-    lora = json.loads((out_dir / METADATA_FILE).read_text())["lora"]
+    metadata = json.loads((out_dir / METADATA_FILE).read_text())
+    lora = metadata["lora"]
     assert lora["target_modules"] == ["c_attn"] and lora["dropout"] == 0.1
+    # No --learning-rate: LoRA's own, said in the log and kept in the metadata.
+    assert (lora["learning_rate"], lora["learning_rate_from"], metadata["learning_rate"]) == (2e-4, "LORA_LEARNING_RATE", 2e-4)
+    assert "learning rate 0.0002 (LORA_LEARNING_RATE)" in result.stdout
     adapter_config = json.loads((out_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["target_modules"] == ["c_attn"] and adapter_config["lora_dropout"] == 0.1
 
@@ -136,3 +141,20 @@ def test_lora_on_a_layer_the_model_lacks_names_the_ones_it_has(tiny_gpt2_dir, ch
                          documented="--lora-target-modules NAME: no such linear layer")
     assert "its linear layers are c_attn, c_fc, c_proj, lm_head" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--lora"], 2e-4), (["--qlora"], 2e-4), ([], 2e-5),
+    (["--lora", "--learning-rate", "5e-5"], 5e-5),
+    (["--lora", "--learning-rate=2e-5"], 2e-5),  # typed, though equal to the default: never overridden
+    (["--lora", "--learning-rate", "3e-5", "--lora-learning-rate", "1e-3"], 3e-5),
+    (["--lora", "--lora-learning-rate", "1e-3"], 1e-3),
+])
+def test_lora_uses_its_own_learning_rate_unless_one_is_typed(argv, expected):
+    from pathlib import Path
+
+    import train_chatbot
+    from sft import settings
+
+    parsed = settings.parse(settings.constants(vars(train_chatbot)), argv, "", Path(train_chatbot.__file__))
+    assert parsed.learning_rate == expected
