@@ -97,7 +97,7 @@ def run_eval(args, decoding):
     limit = args.limit if args.limit is not None else (None if device.kind == "cuda" else evaluate.CPU_PROMPTS)
     items = ifeval.prompts(limit)  # refuses a bad --limit before any model is loaded
     if args.limit is None and limit is not None:
-        print(f"On a CPU: {limit} of IFEval's {ifeval.NUM_PROMPTS} prompts, sized to take about 10 minutes with "
+        print(f"On a CPU: {limit} of IFEval's {ifeval.NUM_PROMPTS} prompts, sized to take 10 to 15 minutes with "
               f"the offline kit (--limit {ifeval.NUM_PROMPTS} for all of them).")
     contenders, tokenizer, metadata = load_contenders(args)
     window = models.context_window(contenders["base"]) or 2048

@@ -101,10 +101,10 @@ def load_workload(name: str, conversations: int, tiny: bool):
     from transformers import GPT2Config
 
     if name == "short":
-        from sft import offline_kit
+        from sft import kit_data, offline_kit
 
         path = offline_kit.model_dir()
-        chats = offline_kit.corpus_conversations()
+        chats = kit_data.chatterbot_conversations()
         random.Random(0).shuffle(chats)
         from transformers import AutoTokenizer
 

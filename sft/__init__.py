@@ -26,8 +26,8 @@ test_chatbot.py uses:
     chat.py                     the chat in the terminal
     web.py                      the chat in the browser (web_page.html) and its OpenAI-compatible API
 
-And: offline_kit.py (a real base model and chat data from PyPI), distributed.py (accelerate launch),
-console.py (banners, quiet libraries), errors.py (messages and exit codes).
+And: offline_kit.py and kit_data.py (the offline kit: a real base model and chat data from PyPI),
+distributed.py (accelerate launch), console.py (banners, quiet libraries), errors.py (messages and exit codes).
 """
 
 import logging

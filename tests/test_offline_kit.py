@@ -1,4 +1,4 @@
-"""The real offline starter kit end to end: Gemma 3 270M base + chatterbot corpus, no Hub."""
+"""The real offline starter kit end to end: Gemma 3 270M base + ShareGPT instruction exchanges, no Hub."""
 
 import json
 
@@ -20,9 +20,9 @@ def test_quick_test_falls_back_to_the_offline_kit_and_learns(tmp_path, temporary
 
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
     assert metadata["base_model_source"] == "offline-kit" and metadata["data"]["source"] == "offline-kit"
-    assert metadata["base_model"] == "google/gemma-3-270m"
+    assert metadata["base_model"] == "google/gemma-3-270m" and metadata["dataset"] == "sharegpt-first-exchanges"
     assert metadata["num_samples"] == 100 and metadata["results"]["optimizer_steps"] == 6
-    assert 2 < metadata["results"]["eval_loss_before"] < 6  # a real pre-trained model, per-token cross-entropy
+    assert 1 < metadata["results"]["eval_loss_before"] < 4  # a real pre-trained model, per-token cross-entropy
     assert metadata["results"]["eval_loss"] < metadata["results"]["eval_loss_before"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,7 +38,7 @@ def test_quick_test_falls_back_to_the_offline_kit_and_learns(tmp_path, temporary
                                 pad_token_id=tokenizer.pad_token_id)
         return output[0, inputs["input_ids"].shape[1]:].tolist()
 
-    # What six steps of SFT taught: to answer and stop. The base model role-plays both sides instead.
-    tuned, base = answer(out_dir), answer(metadata["base_model_path"])
-    assert tokenizer.eos_token_id in tuned, tokenizer.decode(tuned)
-    assert tokenizer.eos_token_id not in base and "\nUser:" in tokenizer.decode(base)
+    # What six steps of SFT taught: to answer as the assistant. The base model role-plays both sides instead.
+    tuned, base = (tokenizer.decode(answer(folder)) for folder in (out_dir, metadata["base_model_path"]))
+    assert "Paris" in tuned and "User:" not in tuned and "Assistant:" not in tuned, tuned
+    assert "\nUser:" in base, base

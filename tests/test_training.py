@@ -100,11 +100,12 @@ def test_demo_and_full_scripts_share_the_code_with_their_own_constants():
     assert (train_chatbot.NUM_TRAIN_SAMPLES, train_chatbot.OUTPUT_DIR) == (5000, "./chatbot-finetuned")
     assert train_chatbot.BASE_MODEL == "gpt2" and train_chatbot.DATASET_SPLIT == "train_sft"
     assert (train_chatbot.NUM_EPOCHS, train_chatbot.LEARNING_RATE) == (3, 2e-5)
-    assert (demo_train.NUM_TRAIN_SAMPLES, demo_train.OUTPUT_DIR) == (1000, "./chatbot-demo")
+    assert (demo_train.NUM_TRAIN_SAMPLES, demo_train.NUM_EPOCHS, demo_train.OUTPUT_DIR) == (1000, 1, "./chatbot-demo")
     assert (quick_test.NUM_TRAIN_SAMPLES, quick_test.MAX_STEPS, quick_test.OUTPUT_DIR) == (100, 20, "./chatbot-test")
     help_text = run_script("demo_train.py", "--help").stdout
     assert "--num-train-samples" in help_text and "(default: 1000)" in help_text
     assert "--base-model" in help_text and "(default: gpt2)" in help_text
+    assert "--num-epochs" in help_text and "(default: 1.0)" in help_text
 
 
 @pytest.mark.parametrize("script, folder, requested", [("demo_train.py", "chatbot-demo", 1000),
