@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from sft.evaluate import MAX_NEW_TOKENS  # noqa: E402
 
 FLAGS = {"lr": "--learning-rate", "epochs": "--num-epochs", "steps": "--max-steps", "len": "--max-length",
          "n": "--num-train-samples", "batch": "--batch-size", "accum": "--gradient-accumulation-steps"}
@@ -51,7 +52,7 @@ def score(folder: Path, limit: int) -> dict:
 
     model, tokenizer = load_for_generation(models.finetuned_source(str(folder)))
     items = ifeval.prompts(evaluate.CPU_PROMPTS)[:limit]
-    decoding = Decoding(max_new_tokens=evaluate.MAX_NEW_TOKENS, batch_size=8)
+    decoding = Decoding(max_new_tokens=MAX_NEW_TOKENS, batch_size=8)
     metadata = json.loads((folder / "training_metadata.json").read_text())
     held_out = evaluate.held_out_chats(metadata)
     result = evaluate.evaluate({"fine-tuned": model}, tokenizer, items, decoding, held_out,
@@ -81,7 +82,7 @@ def main() -> None:
               f"{b['repetition_rate']:.0%} | {empty}/{len(s['defaults'])} | {b['mean_answer_tokens']:.0f} |",
               flush=True)
         (folder / "sweep.json").write_text(json.dumps({"run": run, "train_seconds": seconds, **s}, indent=1))
-    print(f"\nMachine: {s['device']}; {args.limit} IFEval prompts, greedy, {256} new tokens at most.")
+    print(f"\nMachine: {s['device']}; {args.limit} IFEval prompts, greedy, {MAX_NEW_TOKENS} new tokens at most.")
 
 
 if __name__ == "__main__":

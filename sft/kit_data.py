@@ -19,6 +19,7 @@ one-line quips. A quick check that the pipeline works, but a poor teacher: --dat
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def sharegpt_exchanges() -> tuple[list[list[dict]], list[list[dict]]]:
     if not cached.exists():
         records = select(read_sharegpt_file())
         cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = cached.with_suffix(".tmp")
+        staging = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")  # each process its own (accelerate launch)
         staging.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         staging.replace(cached)  # whole or absent
     records = [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
