@@ -23,7 +23,10 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str, str]:
     """test_chatbot.py --mode web on a free port; returns (the process, its address, what it printed first)."""
     process = subprocess.Popen([sys.executable, str(ROOT / "test_chatbot.py"), "--mode", "web", "--port", "0", *args],
                                cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # Ctrl-C must reach it even when pytest runs in the background, where the shell
+                               # makes its children ignore SIGINT
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     printed = []
     for line in process.stdout:
         printed.append(line)
