@@ -48,7 +48,7 @@ def measure_one_batch(trainer) -> Measurement:
             loss = trainer.compute_loss(model, dict(batch))  # the loss training uses (the label-only head)
         loss.backward()
         seconds.append(time.time() - started)
-    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
+    peak = peak_memory(model.device.type)
     model.zero_grad(set_to_none=True)
     trainer._metrics, trainer._total_train_tokens = logged
     torch.manual_seed(trainer.args.seed)  # training starts from the same random state as without the pass
@@ -89,6 +89,15 @@ def disk_needs(trainer, tokenizer) -> tuple[int, int]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tokenizer_bytes = len(backend.to_str()) if backend is not None else 0
     return 4 * (parameters + adapter) + tokenizer_bytes + 2**20, 12 * trainable + 2**20
+
+
+def peak_memory(device_kind: str) -> int:
+    """The peak since the last reset: on CUDA, allocated on the GPU; elsewhere, the process's resident memory."""
+    if device_kind == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return peak_rss()
 
 
 def reset_peak_rss() -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import checkpoints
-from .estimates import GIB, peak_rss
+from .estimates import GIB, peak_memory
 from .lora import base_parameters, lora_summary
 
 METADATA_FILE = "training_metadata.json"
@@ -80,12 +80,6 @@ def results(run, trainer) -> dict:
     }
 
 
-def peak_memory(device_kind: str) -> int:
-    if device_kind == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated()
-    return peak_rss()
 
 
 def write_metadata(record: dict, folder: Path) -> None:

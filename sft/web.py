@@ -169,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         text = "".join(pieces).strip()
         self.send_json(HTTPStatus.OK, {**self.head(request, "chat.completion"), "choices": [{
             "index": 0, "message": {"role": "assistant", "content": text},
-            "finish_reason": self.finish_reason(request, record)}], "usage": self.usage(record),
+            "finish_reason": self.finish_reason(record)}], "usage": self.usage(record),
             **self.extras(request, text, record)})
 
     def stream(self, request: Request):
@@ -185,8 +185,8 @@ class Handler(BaseHTTPRequestHandler):
                 text.append(piece)
                 self.event({**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
             pieces.close()  # generation has ended: its token ids are in record
-            self.event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason(request,
-                        record)}], "usage": self.usage(record), **self.extras(request, "".join(text).strip(), record)})
+            self.event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason(record)}],
+                        "usage": self.usage(record), **self.extras(request, "".join(text).strip(), record)})
             self.wfile.write(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):  # the client went away: stop generating for it
             pieces.close()
@@ -199,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
                 "model": request.name}
 
-    def finish_reason(self, request, record) -> str:
+    def finish_reason(self, record) -> str:
         return "stop" if self.server.tokenizer.eos_token_id in record.get("ids", []) else "length"
 
     def usage(self, record) -> dict:
