@@ -2,6 +2,7 @@
 
     python test_chatbot.py --mode compare                      # ./chatbot-finetuned vs its base model
     python test_chatbot.py --mode compare --model ./chatbot-test
+    python test_chatbot.py --mode compare --model ./chatbot-dpo-test   # a DPO model vs the SFT model it came from
     python test_chatbot.py --mode compare --prompts my_prompts.txt --sample --temperature 0.8
     python test_chatbot.py --mode eval --model ./chatbot-test  # IFEval, behaviour and held-out loss: report card
     python test_chatbot.py --mode eval --limit 541             # all of IFEval's prompts (the default on a GPU)
@@ -70,14 +71,16 @@ def load_contenders(args):
         install_chat_template(tokenizer)
         return {"base": base}, tokenizer, None
     tuned, tokenizer = load_for_generation(models.finetuned_source(args.model))
-    base, _ = load_for_generation(models.base_source_from_metadata(metadata))
-    return {"base": base, "fine-tuned": tuned}, tokenizer, metadata
+    base, _ = load_for_generation(models.base_source_from_metadata(metadata))  # a DPO folder's: its SFT model
+    before, after = compare.contender_names(metadata)
+    return {before: base, after: tuned}, tokenizer, metadata
 
 
 def run_compare(args, decoding):
     prompts = compare.read_prompts(args.prompts) if args.prompts else compare.DEFAULT_PROMPTS
     contenders, tokenizer, metadata = load_contenders(args)
-    check_prompt_lengths(tokenizer, prompts, models.context_window(contenders["base"]) or 2048, decoding.max_new_tokens)
+    window = models.context_window(next(iter(contenders.values()))) or 2048  # the starting model's
+    check_prompt_lengths(tokenizer, prompts, window, decoding.max_new_tokens)
     results, summaries = {}, {}
     for name, model in contenders.items():
         results[name], speed = compare.generate_answers(model, tokenizer, prompts, decoding, args.cut_at_role, name)
@@ -85,7 +88,7 @@ def run_compare(args, decoding):
     compare.print_answers(results)
     print("\n" + "\n".join(compare.metrics_table(summaries)))
     if metadata is not None:
-        compare.write_report(Path(args.model), {"base": metadata["base_model"], "fine-tuned": args.model},
+        compare.write_report(Path(args.model), dict(zip(results, (metadata["base_model"], args.model))),
                              decoding, results, summaries)
         print(f"\nReport written to {Path(args.model) / compare.REPORT_MD} and {compare.REPORT_JSON}.")
 
@@ -100,7 +103,7 @@ def run_eval(args, decoding):
         print(f"On a CPU: {limit} of IFEval's {ifeval.NUM_PROMPTS} prompts, sized to take 10 to 15 minutes with "
               f"the offline kit (--limit {ifeval.NUM_PROMPTS} for all of them).")
     contenders, tokenizer, metadata = load_contenders(args)
-    window = models.context_window(contenders["base"]) or 2048
+    window = models.context_window(next(iter(contenders.values()))) or 2048
     check_prompt_lengths(tokenizer, [item["prompt"] for item in items], window, decoding.max_new_tokens)
     held_out = evaluate.held_out_chats(metadata) if metadata else None
     max_length = metadata["settings"]["max_length"] if metadata else window
@@ -119,7 +122,9 @@ def run_web(args, decoding):
     from sft.web import ChatServer
 
     contenders, tokenizer, metadata = load_contenders(args)
-    about = (f"{args.model}, fine-tuned from {metadata['base_model']}: every message is rendered by its chat "
+    contenders = dict(zip(("base", "fine-tuned"), contenders.values()))  # the page's names for the two models
+    about = (f"{args.model}, {'DPO' if metadata.get('stage') == 'dpo' else 'fine-tuned'} from "
+             f"{metadata['base_model']}: every message is rendered by its chat "
              "template, for both models." if metadata else f"No fine-tuned model in {args.model}: the base model "
              f"{args.base_model} alone. Train one with python quick_test.py, then serve it with --model ./chatbot-test.")
     server = ChatServer((args.host, args.port), contenders, tokenizer,

@@ -18,6 +18,14 @@
        metadata.py              training_metadata.json: what was trained, how, with what result
        model_card.py            README.md of the output folder
 
+train_dpo.py (preference tuning, after SFT) uses the same steps, with pairs instead of chats:
+
+    chat_format.py     the SFT model's tokenizer, its chat template kept as it is
+    preferences.py     prompt/chosen/rejected pairs: Hub, local file, or self-generated offline (the SFT
+                       model's own sampled answers rejected, cached)
+    trainer.py         TRL's DPOTrainer with our settings as a DPOConfig (beta)
+    metadata.py        describe_dpo(): stage "dpo", the SFT model as its base, the held-out preference accuracy
+
 test_chatbot.py uses:
 
     generation.py      generate answers through the chat template, in batches or streamed

@@ -16,6 +16,8 @@ class LogLines(ProgressCallback):
 
         step    10/20 | epoch 0.50 | loss 2.3253 | lr 1.10e-05 | 38 tok/s | 4.93 s/step
         eval  | step    20 | eval loss 1.3291 | token accuracy 68.2%
+
+    DPO adds its rewards (rewards() below) to both lines.
     """
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -24,7 +26,8 @@ class LogLines(ProgressCallback):
         if state.is_world_process_zero:
             processes = f" x {args.world_size} processes" if args.world_size > 1 else ""
             conversations = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            print(f"\nTraining: {state.max_steps} optimizer steps of {conversations} conversations "
+            what = "preference pairs" if hasattr(args, "beta") else "conversations"  # DPOConfig has a beta
+            print(f"\nTraining: {state.max_steps} optimizer steps of {conversations} {what} "
                   f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulated{processes}), "
                   f"lr {args.learning_rate:g}, max_length {args.max_length}.\n", flush=True)
         super().on_train_begin(args, state, control, **kwargs)
@@ -37,7 +40,8 @@ class LogLines(ProgressCallback):
     def line(self, state, logs: dict) -> str | None:
         if "eval_loss" in logs:
             return (f"eval  | step {state.global_step:>5} | eval loss {logs['eval_loss']:.4f}"
-                    f" | token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.1%}")
+                    + (rewards(logs, "eval_") if "eval_rewards/margins" in logs else
+                       f" | token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.1%}"))
         if "loss" not in logs:
             return None
         now, tokens = time.time(), logs.get("num_tokens", 0)
@@ -46,8 +50,17 @@ class LogLines(ProgressCallback):
         tokens_per_second = (tokens - self.last["tokens"]) / seconds
         self.last = {"time": now, "tokens": tokens, "step": state.global_step}
         return (f"step {state.global_step:>5}/{state.max_steps} | epoch {logs.get('epoch', 0):.2f}"
-                f" | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e}"
-                f" | {tokens_per_second:,.0f} tok/s | {seconds / steps:.2f} s/step")
+                f" | loss {logs['loss']:.4f}{rewards(logs) if 'rewards/margins' in logs else ''}"
+                f" | lr {logs.get('learning_rate', 0):.2e} | {tokens_per_second:,.0f} tok/s"
+                f" | {seconds / steps:.2f} s/step")
+
+
+def rewards(logs: dict, prefix: str = "") -> str:
+    """DPO's signals: each answer's reward (beta x how much more likely the model makes it than the reference
+    does), their margin, and how often the chosen answer's reward is the higher (preference accuracy)."""
+    return (f" | reward chosen {logs[prefix + 'rewards/chosen']:+.3f} rejected {logs[prefix + 'rewards/rejected']:+.3f}"
+            f" margin {logs[prefix + 'rewards/margins']:+.3f} | preference accuracy "
+            f"{logs[prefix + 'rewards/accuracies']:.0%}")
 
 
 class StopOnCtrlC(TrainerCallback):

@@ -69,3 +69,17 @@ def load_chat_tokenizer(source, trust_remote_code: bool = False):
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as the model sees it, as text."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def load_sft_tokenizer(source, trust_remote_code: bool = False):
+    """A fine-tuned model's tokenizer with the chat template it was trained with (DPO keeps it unchanged)."""
+    from .errors import UserError
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    if not tokenizer.chat_template:
+        raise UserError(f"{source.path} has no chat template (chat_template.jinja or tokenizer_config.json): DPO "
+                        "starts from a chat model. Train one first with python quick_test.py or train_chatbot.py")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as install_chat_template does
+    return tokenizer

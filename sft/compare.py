@@ -1,4 +1,5 @@
 """Compare: run the base and the fine-tuned model on the same prompts and measure how they behave.
+(For a DPO folder: the SFT model it started from, and the DPO model.)
 
 Both models get the same prompt, rendered by the fine-tuned model's chat template
 ("User: ...\\nAssistant:"), and the same decoding. Four numbers per model say what SFT changed:
@@ -36,6 +37,11 @@ REPORT_MD = "compare_report.md"
 WIDTH = 80
 
 _ROLE_LINE = re.compile(r"^\s*(" + "|".join(re.escape(label) for label in ROLE_LABELS) + r")", re.MULTILINE)
+
+
+def contender_names(metadata: dict | None) -> tuple[str, str]:
+    """The names of the two models compared: the one a folder was trained from, and the folder's own."""
+    return ("SFT", "DPO") if metadata and metadata.get("stage") == "dpo" else ("base", "fine-tuned")
 
 
 # ----------------------------------------------------------------------------- behaviour metrics
@@ -180,7 +186,7 @@ def write_report(folder: Path, models: dict[str, str], decoding: Decoding, resul
     report = {"models": models, "decoding": dataclasses.asdict(decoding), "summary": summaries,
               "answers": {name: [dataclasses.asdict(a) for a in answers] for name, answers in results.items()}}
     (folder / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Base vs fine-tuned", "", *(f"- **{name}**: `{path}`" for name, path in models.items()),
+    lines = [f"# {' vs '.join(models)}", "", *(f"- **{name}**: `{path}`" for name, path in models.items()),
              f"- decoding: {'sampling' if decoding.sample else 'greedy'}, up to {decoding.max_new_tokens} new tokens",
              "", *metrics_table(summaries), ""]
     names = list(results)

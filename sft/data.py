@@ -174,7 +174,7 @@ def oasst_conversations(rows) -> list[Conversation]:
 # ----------------------------------------------------------------------------- reading sources
 
 
-def _read_local(path: Path, split: str):
+def read_local(path: Path, split: str):
     """(table, split read): a file has one table; a saved DatasetDict or a data folder has splits."""
     import datasets
 
@@ -201,19 +201,19 @@ def _read_local(path: Path, split: str):
         raise UserError(f"could not read {path}: {first_line(error)}") from None
 
 
-def _read_hub(name: str, split: str):
+def read_hub(name: str, split: str):
     import datasets
 
     return datasets.load_dataset(name, split=split)
 
 
-def _read_hub_cache(name: str, split: str):
+def read_hub_cache(name: str, split: str):
     """A Hub dataset from the local cache only (no retries against an unreachable Hub), or None."""
     import datasets
 
     was_offline, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
     try:
-        return _read_hub(name, split)
+        return read_hub(name, split)
     except Exception:
         return None
     finally:
@@ -261,11 +261,11 @@ def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed
     if name in (kit_data.SHAREGPT, kit_data.CHATTERBOT):
         return read_kit_chats(name, num_train, eval_fraction, seed, notices)
     if path.exists():
-        source, (table, split) = "local", _read_local(path, split)
+        source, (table, split) = "local", read_local(path, split)
     elif looks_like_path(name):
         raise UserError(f"dataset path {name} does not exist: check the path, or pass a Hub dataset name")
     elif offline or not hub_available():
-        table = None if offline else _read_hub_cache(name, split)
+        table = None if offline else read_hub_cache(name, split)
         if table is None:
             if not offline:
                 notices.append(f"The Hub is unreachable and {name} is not in the local cache: using the offline "
@@ -275,7 +275,7 @@ def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed
         source = "hub"
     else:
         try:
-            source, table = "hub", _read_hub(name, split)
+            source, table = "hub", read_hub(name, split)
         except Exception as error:
             raise UserError(f"could not load dataset {name!r} (split {split!r}) from the Hub: "
                             f"{first_line(error)}") from None

@@ -30,11 +30,11 @@ class Measurement:
 
 
 def measure_one_batch(trainer) -> Measurement:
-    """Time and memory of one forward and backward pass on the `batch_size` longest training chats."""
+    """Time and memory of one forward and backward pass on the `batch_size` longest training chats (or pairs)."""
     import torch
 
     dataset, model = trainer.train_dataset, trainer.model
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    lengths = example_lengths(dataset)
     longest = sorted(range(len(lengths)), key=lengths.__getitem__)[-trainer.args.per_device_train_batch_size:]
     batch = trainer.data_collator([dataset[i] for i in longest])
     batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
@@ -54,6 +54,14 @@ def measure_one_batch(trainer) -> Measurement:
     torch.manual_seed(trainer.args.seed)  # training starts from the same random state as without the pass
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Measurement(seconds[-1], int(batch["attention_mask"].sum()), peak, 8 * trainable)
+
+
+def example_lengths(dataset) -> list[int]:
+    """Tokens of each training example: a chat's, or a DPO pair's prompt with its longer answer."""
+    if "input_ids" in dataset.column_names:
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(p) + max(len(c), len(r)) for p, c, r in
+            zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
 
 
 def cpu_training_time(measurement: Measurement, tokens_per_epoch: int, steps: tuple[int, int], processes: int) -> str:

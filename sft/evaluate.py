@@ -69,11 +69,17 @@ def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
 
 
 def held_out_chats(metadata: dict) -> list | None:
-    """The run's held-out chats, drawn again from its settings (the split is seeded); None if the data is gone."""
+    """The run's held-out chats, drawn again from its settings (the split is seeded); None if the data is gone.
+    A DPO run's are its SFT model's."""
     from .data import read_chats
     from .errors import UserError
+    from .metadata import read_metadata
     from .models import hub_available
 
+    if metadata.get("stage") == "dpo":  # DPO learnt from pairs: its SFT model's held-out chats
+        metadata = read_metadata(metadata["base_model_path"])
+        if metadata is None:
+            return None
     s = metadata["settings"]
     try:
         chats = read_chats(s["dataset_name"], s["dataset_split"], s["num_train_samples"], s["eval_fraction"], s["seed"],

@@ -20,7 +20,7 @@ def lora_config(settings, model):
         targets, layers = [name.strip() for name in targets.split(",") if name.strip()], linear_layer_names(model)
         if unknown := sorted(set(targets) - layers):
             raise UserError(f"--lora-target-modules {', '.join(unknown)}: no such linear layer in "
-                            f"{settings.base_model}; its linear layers are {', '.join(sorted(layers))} "
+                            f"{model.name_or_path}; its linear layers are {', '.join(sorted(layers))} "
                             "(or use all-linear)")
     return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")

@@ -2,7 +2,7 @@
 
     base_model, dataset, num_samples, num_epochs,    the tutorial's six fields (num_samples: chats trained
     learning_rate, model_parameters                  on, after any too long for max_length were dropped)
-    stage                                            "sft"
+    stage                                            "sft" (train_chatbot.py) or "dpo" (train_dpo.py)
     base_model_source, base_model_path               "hub", "local" or "offline-kit"; what from_pretrained loaded
     data        where the chats came from, how many were held out, dropped or cut, trained tokens per epoch
     lora        rank, alpha, layers, trainable parameters (None: every weight was trained)
@@ -10,8 +10,9 @@
     environment device, precision, processes, library versions, date
     settings    every setting of the run, as on the command line (used to recognise the same run)
 
-describe() builds it from the run's parts; save.py writes it; test_chatbot.py reads it back to find
-the base model a fine-tuned folder came from.
+describe() builds it from the run's parts (describe_dpo(): a DPO run's, whose "base" is its SFT model, with
+beta, the pairs and the held-out preference accuracy); save.py writes it; test_chatbot.py reads it back to
+find the base model a fine-tuned folder came from.
 """
 
 import datetime
@@ -47,12 +48,53 @@ def describe(run, trainer, source, chats, token_stats: dict) -> dict:
                  "trained_tokens_per_epoch": token_stats["trained_tokens"]},
         "lora": lora_summary(trainer.model, s),
         "results": results(run, trainer),
-        "environment": {"device": run.device.name, "precision": run.device.precision,
-                        "num_processes": run.processes,
-                        "library_versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
-                        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "environment": environment(run),
         "settings": vars(s),
     }
+
+
+def describe_dpo(run, trainer, sft, pairs) -> dict:
+    """The DPO run's record: the same fields, its stage "dpo", the SFT model it started from (its "base", so that
+    test_chatbot.py compares SFT with DPO), beta, the pairs and DPO's own results."""
+    s, sft_record = run.settings, read_metadata(sft.path) or {}
+    return {
+        "base_model": sft.name,  # the SFT folder: compare and eval put DPO beside it
+        "dataset": pairs.name,
+        "num_samples": len(trainer.train_dataset),  # pairs trained on
+        "num_epochs": s.num_epochs,
+        "learning_rate": s.learning_rate,
+        "model_parameters": base_parameters(trainer.model),
+        "stage": "dpo",
+        "base_model_source": "local",
+        "base_model_path": str(Path(sft.path).resolve()),
+        "sft_model": {"path": str(Path(sft.path).resolve()), "base_model": sft_record.get("base_model"),
+                      "dataset": sft_record.get("dataset"), "stage": sft_record.get("stage")},
+        "beta": s.beta,
+        "data": {"source": pairs.source, "split": pairs.split, "format": "preference pairs (prompt, chosen, rejected)",
+                 "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                 "rejected_from": pairs.rejected_from, "pairs_dropped": pairs.dropped},
+        "lora": lora_summary(trainer.model, s),
+        "results": {**results(run, trainer), **dpo_results(trainer.state.log_history)},
+        "environment": environment(run),
+        "settings": vars(s),
+    }
+
+
+def dpo_results(history: list[dict]) -> dict:
+    """Preference accuracy and rewards on the held-out pairs after training (before it, the model is its own
+    reference: every reward is 0, the loss ln 2)."""
+    evals = [entry for entry in history if "eval_rewards/accuracies" in entry]
+    after = evals[-1] if len(evals) > 1 else {}
+    return {"eval_preference_accuracy": after.get("eval_rewards/accuracies"),
+            "eval_reward_margin": after.get("eval_rewards/margins"),
+            "eval_reward_chosen": after.get("eval_rewards/chosen"),
+            "eval_reward_rejected": after.get("eval_rewards/rejected")}
+
+
+def environment(run) -> dict:
+    return {"device": run.device.name, "precision": run.device.precision, "num_processes": run.processes,
+            "library_versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def results(run, trainer) -> dict:
@@ -78,8 +120,6 @@ def results(run, trainer) -> dict:
         "peak_memory_gib": round(peak_memory(run.device.kind) / GIB, 2),  # since the measured batch (CUDA: on the GPU)
         "peak_memory_estimate_gib": round(run.peak_estimate / GIB, 2) if run.peak_estimate else None,
     }
-
-
 
 
 def write_metadata(record: dict, folder: Path) -> None:

@@ -42,6 +42,8 @@ def _batch(m: dict) -> str:
 
 def model_card(metadata: dict, tokenizer) -> str:
     """The model card of a fine-tuned folder, from its training_metadata.json (metadata.py)."""
+    if metadata["stage"] == "dpo":
+        return dpo_model_card(metadata, tokenizer)
     m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
     environment = metadata["environment"]
     return f"""---
@@ -72,7 +74,47 @@ All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. 
 instructions (IFEval), how it behaves and its held-out loss, against its base model, are in its
 [report card](report.md), written by `python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`.
 
-## Chat format
+{usage(tokenizer)}"""
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def dpo_model_card(metadata: dict, tokenizer) -> str:
+    """The model card of a DPO folder: preference tuning on top of an SFT model."""
+    m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
+    sft = m["sft_model"]
+    return f"""---
+base_model: {m['base_model']}
+library_name: transformers
+pipeline_tag: text-generation
+tags: [dpo, trl, chat]
+---
+
+# Chat model preference-tuned (DPO) from `{m['base_model']}`
+
+Direct Preference Optimization of the SFT model `{m['base_model']}` (itself fine-tuned from
+`{sft['base_model'] or 'unknown'}` on `{sft['dataset'] or 'unknown'}`) on {m['num_samples']:,} preference pairs of
+`{m['dataset']}`. The chat template is the SFT model's, unchanged.
+
+| | |
+|---|---|
+| starting and reference model | `{m['base_model']}` ({m['model_parameters'] / 1e6:.1f}M parameters) |
+| pairs | `{m['dataset']}` (from {data['source']}): {m['num_samples']:,} training and {data['num_eval_samples']:,} held-out pairs; rejected answers: {data['rejected_from']} |
+| method | DPO (TRL's sigmoid loss), beta {m['beta']:g}; {_method(m)} |
+| training | {results['optimizer_steps']} optimizer steps ({results['epochs_completed']:g} epochs) of {results['effective_batch_size']} pairs ({_batch(m)}), learning rate {m['learning_rate']:g} (AdamW, linear decay), max length {settings['max_length']}, seed {settings['seed']} |
+| held-out pairs | DPO loss {_loss(results['eval_loss_before'])} before (ln 2: the model is its own reference), {_loss(results['eval_loss'])} after; preference accuracy {_share(results['eval_preference_accuracy'])} (the chosen answer gains more than the rejected one, relative to the reference), reward margin {_loss(results['eval_reward_margin'])} |
+| machine | {m['environment']['device']}, {m['environment']['precision']}, {results['train_seconds']:,.0f} s of training |
+
+All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. Its [report card](report.md)
+(`python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`) measures it against the SFT model.
+
+{usage(tokenizer)}"""
+
+
+def usage(tokenizer) -> str:
+    return f"""## Chat format
 
 The chat template is saved with the tokenizer, so `apply_chat_template` and `pipeline` use it:
 

@@ -150,12 +150,12 @@ def load_model_for_training(source: ModelSource, settings, device):
 
     from .lora import four_bit_config
 
-    model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=settings.dropout,
+    model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=getattr(settings, "dropout", None),
                        **({"dtype": device.compute_dtype, "quantization": four_bit_config(device.compute_dtype)}
                           if settings.qlora else {"dtype": torch.float32}))
     window = context_window(model)
     if window and settings.max_length > window:
-        raise UserError(f"--max-length {settings.max_length} is longer than {settings.base_model}'s context window "
+        raise UserError(f"--max-length {settings.max_length} is longer than {source.name}'s context window "
                         f"({window} tokens): use --max-length {window} or less")
     print(f"\nModel: {source.name} [{source.kind}], {model.num_parameters() / 1e6:.1f}M parameters, on "
           f"{device.name}, {device.precision}.")

@@ -49,8 +49,11 @@ def write_model_folder(run, trainer, tokenizer, record: dict) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(staging, state_dict=state_dict)  # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(staging)  # with the chat template (chat_template.jinja)
+        dpo = record["stage"] == "dpo"
         plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE,
-                        f"SFT of {record['base_model']} on {record['dataset']}")
+                        f"{'DPO' if dpo else 'SFT'} of {record['base_model']} on {record['dataset']}",
+                        "DPO loss per pair (ln 2 = 0.693 at the start)" if dpo else "cross-entropy per trained token",
+                        "held-out pairs" if dpo else "held-out chats")
         write_metadata(record, staging)
         (staging / "README.md").write_text(model_card(record, tokenizer), encoding="utf-8")
         swap_in(staging, output_dir)
@@ -68,7 +71,7 @@ def full_precision_base(record: dict, settings):
     from .models import base_source_from_metadata, load_model
 
     return load_model(base_source_from_metadata(record), dtype=torch.float32,
-                      trust_remote_code=settings.trust_remote_code, dropout=settings.dropout)
+                      trust_remote_code=settings.trust_remote_code, dropout=getattr(settings, "dropout", None))
 
 
 def swap_in(staging: Path, output_dir: Path) -> None:
@@ -91,7 +94,7 @@ def swap_in(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(retired)
 
 
-def plot_loss_curve(log_history: list[dict], path: Path, title: str) -> None:
+def plot_loss_curve(log_history: list[dict], path: Path, title: str, ylabel: str, held_out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -103,9 +106,9 @@ def plot_loss_curve(log_history: list[dict], path: Path, title: str) -> None:
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss (held-out chats)", color="tab:orange")
+        ax.plot(*zip(*evals), "o-", label=f"eval loss ({held_out})", color="tab:orange")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy per trained token")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -1,4 +1,4 @@
-"""Settings: the constants at the top of train_chatbot.py, and the command-line flags made from them.
+"""Settings: the constants at the top of train_chatbot.py (and train_dpo.py), and the flags made from them.
 
 Every setting is written once, as a constant with a comment:
 
@@ -35,8 +35,9 @@ class Settings(SimpleNamespace):
 
 
 def constants(namespace: dict) -> dict:
-    """The UPPER_CASE names of a script's namespace: its settings."""
-    return {name: value for name, value in namespace.items() if name.isupper() and not name.startswith("_")}
+    """The UPPER_CASE names of a script's namespace that hold a plain value (bool, number, text): its settings."""
+    return {name: value for name, value in namespace.items()
+            if name.isupper() and not name.startswith("_") and isinstance(value, (bool, int, float, str))}
 
 
 def from_constants(constants_: dict, **changes) -> Settings:
@@ -57,11 +58,16 @@ def help_texts(source: Path) -> dict[str, str]:
     return texts
 
 
-def parse(constants_: dict, argv: list[str] | None, description: str, source: Path) -> Settings:
-    """Settings from the script's constants, each overridden by its flag; refused if out of range."""
+def parse(constants_: dict, argv: list[str] | None, description: str, source: Path,
+          presets: dict[str, dict] | None = None) -> Settings:
+    """Settings from the script's constants, each overridden by its flag; refused if out of range.
+    `presets`: a boolean setting's name -> constants it changes when on (--quick), except the flags typed."""
     helps = help_texts(source)
     settings = Settings(**vars(flag_parser(constants_, helps, description).parse_args(argv)))
     typed = vars(flag_parser(constants_, helps, description, argparse.SUPPRESS).parse_args(argv))  # only those typed
+    for switch, changes in (presets or {}).items():
+        if getattr(settings, switch):
+            vars(settings).update({name.lower(): value for name, value in changes.items() if name.lower() not in typed})
     if settings.uses_lora and "learning_rate" not in typed:
         settings.learning_rate = settings.lora_learning_rate  # adapters need a larger step (BENCHMARKS.md: sweep)
     validate(settings)
@@ -81,27 +87,43 @@ def flag_parser(constants_: dict, helps: dict, description: str, default=None) -
     return parser
 
 
+# Each setting's range, for the scripts that have it: (setting, test, message naming the flag and the fix).
+CHECKS = [
+    ("num_train_samples", lambda s: s.num_train_samples >= 1, "--num-train-samples must be at least 1"),
+    ("num_pairs", lambda s: s.num_pairs >= 1, "--num-pairs must be at least 1"),
+    ("eval_pairs", lambda s: s.eval_pairs >= 0, "--eval-pairs must be 0 or more"),
+    ("num_epochs", lambda s: s.num_epochs > 0 or s.max_steps > 0, "--num-epochs must be above 0 (or set --max-steps)"),
+    ("learning_rate", lambda s: 0 < s.learning_rate < 1,
+     "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4)"),
+    ("lora_learning_rate", lambda s: 0 < s.lora_learning_rate < 1,
+     "--lora-learning-rate must be between 0 and 1 (typical: 1e-4 to 5e-4)"),
+    ("beta", lambda s: s.beta > 0, "--beta must be above 0 (typical: 0.01 to 0.5)"),
+    ("batch_size", lambda s: s.batch_size >= 1, "--batch-size must be at least 1"),
+    ("gradient_accumulation_steps", lambda s: s.gradient_accumulation_steps >= 1,
+     "--gradient-accumulation-steps must be at least 1"),
+    ("max_length", lambda s: s.max_length >= 16, "--max-length must be at least 16 tokens"),
+    ("dropout", lambda s: 0 <= s.dropout < 1, "--dropout must be in [0, 1)"),
+    ("lora_rank", lambda s: s.lora_rank >= 1 and s.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1"),
+    ("lora_dropout", lambda s: 0 <= s.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+    ("lora_target_modules", lambda s: bool(s.lora_target_modules.strip(" ,")),
+     "--lora-target-modules must name at least one layer (or all-linear)"),
+    ("eval_fraction", lambda s: 0 <= s.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
+    ("rejected_max_new_tokens", lambda s: s.rejected_max_new_tokens >= 1,
+     "--rejected-max-new-tokens must be at least 1"),
+    ("rejected_temperature", lambda s: s.rejected_temperature > 0, "--rejected-temperature must be above 0"),
+    ("logging_steps", lambda s: s.logging_steps >= 1, "--logging-steps must be at least 1"),
+    ("save_steps", lambda s: s.save_steps >= 1, "--save-steps must be at least 1"),
+    ("report_to", lambda s: s.report_to in ("none", "tensorboard", "wandb"),
+     "--report-to must be none, tensorboard or wandb"),
+    ("sft_model", lambda s: Path(s.sft_model).expanduser().resolve() != Path(s.output_dir).expanduser().resolve(),
+     "--output-dir must not be the --sft-model folder: DPO writes its model beside the SFT one, which it reads"),
+]
+
+
 def validate(s: Settings) -> None:
     """Refuse values that cannot work, naming the flag and how to fix it."""
-    checks = [
-        (s.num_train_samples >= 1, "--num-train-samples must be at least 1"),
-        (s.num_epochs > 0 or s.max_steps > 0, "--num-epochs must be above 0 (or set --max-steps)"),
-        (0 < s.learning_rate < 1, "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4)"),
-        (0 < s.lora_learning_rate < 1, "--lora-learning-rate must be between 0 and 1 (typical: 1e-4 to 5e-4)"),
-        (s.batch_size >= 1, "--batch-size must be at least 1"),
-        (s.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be at least 1"),
-        (s.max_length >= 16, "--max-length must be at least 16 tokens"),
-        (0 <= s.dropout < 1, "--dropout must be in [0, 1)"),
-        (s.lora_rank >= 1 and s.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1"),
-        (0 <= s.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
-        (bool(s.lora_target_modules.strip(" ,")), "--lora-target-modules must name at least one layer (or all-linear)"),
-        (0 <= s.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
-        (s.logging_steps >= 1, "--logging-steps must be at least 1"),
-        (s.save_steps >= 1, "--save-steps must be at least 1"),
-        (s.report_to in ("none", "tensorboard", "wandb"), "--report-to must be none, tensorboard or wandb"),
-    ]
-    for ok, message in checks:
-        if not ok:
+    for name, ok, message in CHECKS:
+        if hasattr(s, name) and not ok(s):
             raise UserError(message)
 
 

@@ -1,4 +1,4 @@
-"""Train: TRL's SFTTrainer, given our settings as an SFTConfig, with two measured changes.
+"""Train: TRL's SFTTrainer, given our settings as an SFTConfig, with two measured changes; DPO's DPOConfig.
 
 - Off CUDA, the language-model head is applied only at labelled positions (label_only_loss.py): 1.57x to
   1.67x per step on a 2-core CPU, with the same loss, gradients and logged metrics.
@@ -19,13 +19,13 @@ from .label_only_loss import causal_lm, label_only_logits_possible, labelled_tok
 DATALOADER_WORKERS_ON_GPU = 2  # processes that collate batches while a GPU trains (none on a CPU)
 
 
-def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
-    """Our settings in TRL's terms, for the device the run picked; `evaluate`: there are held-out chats."""
+def training_arguments(settings, run, evaluate: bool) -> dict:
+    """Our settings as the Trainer's arguments, shared by SFT and DPO; `evaluate`: there is held-out data."""
     on_gpu = run.device.kind == "cuda"
     # On a GPU, worker processes pad the next batches while the GPU computes (about 3 ms per batch of 16
     # long chats on a CPU core); on a CPU they would take cores from training.
     loader_workers = min(DATALOADER_WORKERS_ON_GPU, distributed.cores_per_process()) if on_gpu else 0
-    return trl.SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints),
         num_train_epochs=settings.num_epochs,
         max_steps=settings.max_steps if settings.max_steps > 0 else -1,
@@ -35,8 +35,6 @@ def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
         learning_rate=settings.learning_rate,
         lr_scheduler_type="linear",
         max_length=settings.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True},  # masking.py has cut, labelled and filtered the chats
-        train_sampling_strategy="group_by_length",  # chats of similar length together: less padding
         activation_checkpointing=settings.gradient_checkpointing,  # transformers' new name for it
         use_cpu=run.device.kind == "cpu",  # several processes without a GPU form a CPU (gloo) group only when asked
         bf16=run.device.precision == "bf16",
@@ -47,7 +45,7 @@ def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
         ddp_find_unused_parameters=False,  # every weight of a causal LM takes part in each step: skip the search
         log_level_replica="error",  # the other processes' library warnings repeat the main one's
         logging_steps=settings.logging_steps,
-        # Evaluate before training (the base model's score), at the end of each epoch, and at the end.
+        # Evaluate before training (the starting model's score), at the end of each epoch, and at the end.
         eval_strategy=("steps" if settings.max_steps > 0 else "epoch") if evaluate else "no",
         eval_steps=settings.max_steps if settings.max_steps > 0 else None,
         eval_on_start=evaluate and run.resume_from is None,  # a resumed run has its score already
@@ -60,6 +58,20 @@ def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
         seed=settings.seed,
         data_seed=settings.seed,
     )
+
+
+def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
+    """Our settings in TRL's terms, for the device the run picked; `evaluate`: there are held-out chats."""
+    return trl.SFTConfig(
+        **training_arguments(settings, run, evaluate),
+        dataset_kwargs={"skip_prepare_dataset": True},  # masking.py has cut, labelled and filtered the chats
+        train_sampling_strategy="group_by_length",  # chats of similar length together: less padding
+    )
+
+
+def dpo_config(settings, run, evaluate: bool) -> trl.DPOConfig:
+    """DPO's settings in TRL's terms: the same arguments, plus beta (TRL's DPO loss, "sigmoid", is the paper's)."""
+    return trl.DPOConfig(**training_arguments(settings, run, evaluate), beta=settings.beta)
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -82,10 +94,7 @@ class SFTTrainer(trl.SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        callbacks = self.callback_handler.callbacks
-        if any(isinstance(c, LogLines) for c in callbacks):  # our log line replaces the Trainer's printers
-            for callback in [c for c in callbacks if type(c) in (ProgressCallback, PrinterCallback)]:
-                self.remove_callback(callback)
+        use_our_log_lines(self)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -122,6 +131,22 @@ class SFTTrainer(trl.SFTTrainer):
             seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_ids"].numel()
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(torch.as_tensor(seen)).sum())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+
+class DPOTrainer(trl.DPOTrainer):
+    """trl.DPOTrainer, printing our log lines (with DPO's rewards) instead of the Trainer's dicts."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        use_our_log_lines(self)
+
+
+def use_our_log_lines(trainer) -> None:
+    """With LogLines among the callbacks, remove the Trainer's own printers (LogLines keeps the progress bar)."""
+    callbacks = trainer.callback_handler.callbacks
+    if any(isinstance(c, LogLines) for c in callbacks):
+        for callback in [c for c in callbacks if type(c) in (ProgressCallback, PrinterCallback)]:
+            trainer.remove_callback(callback)
 
 
 def compile_blocks(model) -> tuple[int, str] | None:

@@ -177,24 +177,30 @@ def test_rerun_on_the_same_chats_loads_them_tokenized_and_trains_the_same(tmp_pa
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
-def test_every_constant_is_a_flag_whose_help_is_its_comment():
-    import train_chatbot
+@pytest.mark.parametrize("module, script", [("train_chatbot", "quick_test.py"), ("train_dpo", "train_dpo.py")])
+def test_every_constant_is_a_flag_whose_help_is_its_comment(module, script):
+    import importlib
+
     from conftest import ROOT
     from sft import settings
 
-    constants, helps = settings.constants(vars(train_chatbot)), settings.help_texts(ROOT / "train_chatbot.py")
+    constants = settings.constants(vars(importlib.import_module(module)))
+    helps = settings.help_texts(ROOT / f"{module}.py")
     assert set(helps) == set(constants) and all(helps.values())
-    help_text = " ".join(run_script("quick_test.py", "--help").stdout.split())
+    help_text = " ".join(run_script(script, "--help").stdout.split())
     for name, comment in helps.items():
         flag = "--" + name.lower().replace("_", "-")
         assert flag in help_text and " ".join(comment.split())[:30] in help_text, name
 
 
-def test_the_readme_table_lists_every_setting():
-    import train_chatbot
+@pytest.mark.parametrize("module, header", [("train_chatbot", "| constant / flag | default | meaning |"),
+                                            ("train_dpo", "| DPO constant / flag | default | meaning |")])
+def test_the_readme_table_lists_every_setting(module, header):
+    import importlib
+
     from conftest import ROOT
     from sft import settings
 
-    table = (ROOT / "README.md").read_text().split("| constant / flag | default | meaning |", 1)[1].split("\n\n", 1)[0]
-    for name in settings.constants(vars(train_chatbot)):
+    table = (ROOT / "README.md").read_text().split(header, 1)[1].split("\n\n", 1)[0]
+    for name in settings.constants(vars(importlib.import_module(module))):
         assert f"`{name}`" in table, name

@@ -1,0 +1,268 @@
+"""train_dpo.py: preference pairs (from files and self-generated offline), the DPO run on the tiny model, its
+folder (same template, metadata chain base -> SFT -> DPO), compare and eval against the SFT model, bad input,
+Ctrl-C and resume."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import QA, ROOT, run_script, write_jsonl
+from sft import preferences
+from sft.errors import UserError
+from sft.metadata import METADATA_FILE
+
+
+def dpo_args(sft_dir, out_dir, *extra):
+    """A few optimizer steps of DPO on the tiny SFT model."""
+    return ["--sft-model", str(sft_dir), "--output-dir", str(out_dir), "--max-steps", "6", "--logging-steps", "2",
+            "--num-pairs", "24", "--eval-pairs", "12", "--batch-size", "4", "--gradient-accumulation-steps", "1",
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def pairs_jsonl(tmp_path_factory):
+    """60 pairs in every accepted shape: text, messages, and UltraFeedback's whole conversations."""
+    records = []
+    for i in range(60):
+        question, answer = QA[i % len(QA)]
+        prompt = f"{question} ({i})"
+        if i % 3 == 0:
+            records.append({"prompt": prompt, "chosen": answer, "rejected": "I do not know, sorry."})
+        elif i % 3 == 1:
+            records.append({"prompt": [{"role": "user", "content": prompt}],
+                            "chosen": [{"role": "assistant", "content": answer}],
+                            "rejected": [{"role": "assistant", "content": "Banana banana banana."}]})
+        else:  # UltraFeedback: the prompt as text, each answer as the whole conversation
+            user = {"role": "user", "content": prompt}
+            records.append({"prompt": prompt, "chosen": [user, {"role": "assistant", "content": answer}],
+                            "rejected": [user, {"role": "assistant", "content": "No."}]})
+    return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", records)
+
+
+@pytest.fixture(scope="session")
+def dpo_run(quick_run, pairs_jsonl, tmp_path_factory):
+    """One real train_dpo.py run on quick_test.py's tiny SFT model, at a learning rate that moves a tiny model."""
+    sft_dir, _ = quick_run
+    out_dir = tmp_path_factory.mktemp("dpo") / "chatbot-dpo"
+    result = run_script("train_dpo.py", *dpo_args(sft_dir, out_dir, "--pairs", str(pairs_jsonl),
+                                                   "--learning-rate", "1e-3"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out_dir, result
+
+
+# --- pairs ---------------------------------------------------------------------------------------
+def test_every_accepted_shape_becomes_the_same_conversational_pair():
+    user, answer = {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}
+    expected = {"prompt": [user], "chosen": [answer], "rejected": [{"role": "assistant", "content": "No."}]}
+    assert preferences.to_pair({"prompt": "Hi?", "chosen": "Hello.", "rejected": "No."}) == expected
+    assert preferences.to_pair({"prompt": [user], "chosen": [answer], "rejected": "No."}) == expected
+    assert preferences.to_pair({"prompt": "Hi?", "chosen": [user, answer],
+                                "rejected": [user, {"role": "assistant", "content": "No."}]}) == expected
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "Hi?", "chosen": "Hello."}, "missing or empty rejected"),
+    ({"prompt": "", "chosen": "Hello.", "rejected": "No."}, "missing or empty prompt"),
+    ({"prompt": "Hi?", "chosen": 3, "rejected": "No."}, "chosen must be text or a list"),
+    ({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}], "rejected": "No."}, "chosen has no assistant"),
+])
+def test_a_malformed_pair_is_refused(record, message):
+    with pytest.raises(preferences.data.RecordError, match=message):
+        preferences.to_pair(record)
+
+
+def test_pairs_that_teach_nothing_or_touch_the_evaluation_are_dropped():
+    from sft.ifeval import prompts
+
+    ifeval_prompt = prompts(1)[0]["prompt"]
+    pair = preferences.to_pair({"prompt": "What is 2 plus 2?", "chosen": "4.", "rejected": "5."})
+    same = preferences.to_pair({"prompt": "What is 3 plus 3?", "chosen": "6.", "rejected": "6."})
+    leaked = preferences.to_pair({"prompt": ifeval_prompt, "chosen": "A.", "rejected": "B."})
+    kept, dropped = preferences.keep_pairs([pair, same, leaked], "test")
+    assert kept == [pair] and dropped == {"chosen equals rejected": 1, "prompt overlaps IFEval": 1}
+    with pytest.raises(UserError, match="chosen and rejected must differ"):
+        preferences.keep_pairs([same], "test")
+
+
+# --- the run -------------------------------------------------------------------------------------
+def test_the_dpo_loss_falls_and_the_log_shows_its_rewards(dpo_run):
+    out_dir, result = dpo_run
+    record = json.loads((out_dir / METADATA_FILE).read_text())
+    results = record["results"]
+    # Before training the model is its own reference: every reward 0, the loss ln 2.
+    assert abs(results["eval_loss_before"] - 0.6931) < 1e-3
+    assert results["eval_loss"] < 0.6 and results["eval_preference_accuracy"] > 0.9
+    assert results["eval_reward_chosen"] > 0 > results["eval_reward_rejected"]
+    assert "Training: 6 optimizer steps of 4 preference pairs" in result.stdout
+    assert "reward chosen" in result.stdout and "preference accuracy" in result.stdout
+    assert "Pairs: " in result.stdout and "24 to train on, 12 held out" in result.stdout
+    assert "Held-out pairs: DPO loss 0.693 (SFT) ->" in result.stdout
+
+
+def test_the_folder_keeps_the_sft_template_and_records_the_chain(dpo_run, quick_run, tiny_gpt2_dir, pairs_jsonl):
+    from transformers import AutoTokenizer
+
+    out_dir, _ = dpo_run
+    sft_dir, _ = quick_run
+    assert AutoTokenizer.from_pretrained(out_dir).chat_template == AutoTokenizer.from_pretrained(sft_dir).chat_template
+    record = json.loads((out_dir / METADATA_FILE).read_text())
+    assert record["stage"] == "dpo" and record["beta"] == 0.1
+    assert record["base_model_path"] == str(sft_dir.resolve()) and record["base_model_source"] == "local"
+    assert record["sft_model"] == {"path": str(sft_dir.resolve()), "base_model": str(tiny_gpt2_dir),
+                                   "dataset": record["sft_model"]["dataset"], "stage": "sft"}
+    assert record["dataset"] == str(pairs_jsonl) and record["num_samples"] == 24
+    assert record["data"]["num_eval_samples"] == 12 and record["data"]["rejected_from"] == "the dataset"
+    for name in ("model.safetensors", "loss_curve.png", "README.md"):
+        assert (out_dir / name).is_file(), name
+    card = (out_dir / "README.md").read_text()
+    assert "preference-tuned (DPO)" in card and "beta 0.1" in card and "User: What is the capital" in card
+
+
+def test_the_dpo_model_reloads_and_chats_through_the_same_template(dpo_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir, _ = dpo_run
+    result = run_script("test_chatbot.py", "--model", str(out_dir), "-p", "What is the capital of France?",
+                        "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer, model = AutoTokenizer.from_pretrained(out_dir), AutoModelForCausalLM.from_pretrained(out_dir)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    expected = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert result.stdout.strip() == expected
+
+
+def test_compare_and_eval_put_the_dpo_model_beside_its_sft_model(dpo_run, quick_run):
+    from sft.evaluate import held_out_chats
+
+    out_dir, _ = dpo_run
+    sft_dir, _ = quick_run
+    compared = run_script("test_chatbot.py", "--mode", "compare", "--model", str(out_dir), "--max-new-tokens", "6")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "| SFT |" in compared.stdout and "| DPO |" in compared.stdout and "| base |" not in compared.stdout
+    report = json.loads((out_dir / "compare_report.json").read_text())
+    assert report["models"] == {"SFT": str(sft_dir), "DPO": str(out_dir)}
+    # Held-out loss: DPO learnt from pairs, so the chats held out from its SFT model's run are used.
+    dpo_record, sft_record = (json.loads((folder / METADATA_FILE).read_text()) for folder in (out_dir, sft_dir))
+    assert held_out_chats(dpo_record) == held_out_chats(sft_record) and held_out_chats(sft_record)
+    evaluated = run_script("test_chatbot.py", "--mode", "eval", "--model", str(out_dir), "--limit", "3",
+                           "--max-new-tokens", "6")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    rows = [line for line in evaluated.stdout.splitlines() if line.startswith(("| SFT |", "| DPO |"))]
+    assert len(rows) == 2 and all(row.rstrip(" |").split("| ")[-1][0].isdigit() for row in rows)  # a held-out loss
+    assert "Preference-tuned (DPO) from" in (out_dir / "report.md").read_text()
+
+
+def test_offline_pairs_are_the_sft_models_own_answers_generated_once_and_cached(quick_run, tmp_path):
+    sft_dir, _ = quick_run
+    args = ["--quick", "--offline", "--max-steps", "1", "--num-pairs", "8", "--eval-pairs", "4",
+            "--rejected-max-new-tokens", "8"]
+    first = run_script("train_dpo.py", *args, "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "Pairs: self-generated [from offline-kit]: 8 to train on, 4 held out" in first.stdout
+    assert "Rejected answers: the SFT model's own" in first.stdout
+    cache = sorted((preferences.cache_dir() / "dpo-rejected").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    answers = json.loads(cache[-1].read_text())
+    assert len(answers) == 12 and len(set(answers)) > 1  # the SFT model's own sampled answers, 8 + 4
+    second = run_script("train_dpo.py", *args, "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"read from {cache[-1]}" in second.stdout and "The SFT model answers" not in second.stderr
+    record = json.loads((tmp_path / "b" / METADATA_FILE).read_text())
+    assert record["dataset"] == "self-generated" and record["data"]["source"] == "offline-kit"
+    assert "the SFT model's own" in record["data"]["rejected_from"]
+
+
+def test_quick_changes_only_the_settings_not_typed():
+    import train_dpo
+    from sft import settings
+
+    def parse(*argv):
+        return settings.parse(settings.constants(vars(train_dpo)), list(argv), "", ROOT / "train_dpo.py",
+                              presets={"quick": train_dpo.QUICK_RUN})
+
+    assert parse().sft_model == "./chatbot-finetuned" and parse().max_steps == 0
+    quick = parse("--quick")
+    assert (quick.sft_model, quick.output_dir, quick.pairs, quick.max_steps) == (
+        "./chatbot-test", "./chatbot-dpo-test", "self-generated", 16)
+    assert parse("--quick", "--max-steps", "3", "--sft-model", "./mine").max_steps == 3
+    assert parse("--quick", "--sft-model", "./mine").sft_model == "./mine"
+
+
+# --- bad input -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no fine-tuned model at"),
+    ("no template", "has no chat template"),
+    ("same folder", "--output-dir must not be the --sft-model folder"),
+    ("missing field", "record 1: missing or empty rejected"),
+    ("all equal", "chosen and rejected must differ"),
+    ("no file", "pairs file ./nope.jsonl does not exist"),
+])
+def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, tiny_gpt2_dir, pairs_jsonl, tmp_path):
+    sft_dir, _ = quick_run
+    pairs, sft, out = str(pairs_jsonl), str(sft_dir), str(tmp_path / "out")
+    if case == "missing":
+        sft = str(tmp_path / "nothing")
+    elif case == "no template":
+        sft = str(tiny_gpt2_dir)  # a base model: weights, but no chat template
+    elif case == "same folder":
+        out = sft
+    elif case == "missing field":
+        pairs = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?", "chosen": "Hello."}]))
+    elif case == "all equal":
+        pairs = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?", "chosen": "Same.", "rejected": "Same."}] * 4))
+    elif case == "no file":
+        pairs = "./nope.jsonl"
+    result = run_script("train_dpo.py", *dpo_args(sft, out, "--pairs", pairs), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() or case == "same folder"
+
+
+# --- interruption and resume ---------------------------------------------------------------------
+def test_killed_dpo_run_resumes_to_the_same_weights(quick_run, pairs_jsonl, tmp_path):
+    from safetensors.torch import load_file
+
+    sft_dir, _ = quick_run
+
+    def args(out_dir):
+        return dpo_args(sft_dir, out_dir, "--pairs", str(pairs_jsonl), "--learning-rate", "1e-3", "--max-steps", "8",
+                        "--save-steps", "3")
+
+    straight = run_script("train_dpo.py", *args(tmp_path / "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out_dir = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_dpo.py"), *args(out_dir)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    checkpoint = tmp_path / "out-checkpoints" / "checkpoint-6"  # 6 steps of 4 of 24 pairs: the second pass begun
+    deadline = time.time() + 300
+    while not (checkpoint / "trainer_state.json").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.communicate()
+    assert (checkpoint / "trainer_state.json").is_file() and not out_dir.exists()
+    resumed = run_script("train_dpo.py", *args(out_dir), cwd=tmp_path)
+    assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr[-2000:]
+    assert json.loads((out_dir / METADATA_FILE).read_text())["results"]["resumed_from_step"] == 6
+    sft, straight, resumed = (load_file(folder / "model.safetensors") for folder in (sft_dir, tmp_path / "straight",
+                                                                                       out_dir))
+    moved = max((straight[name] - sft[name]).abs().max().item() for name in straight)
+    apart = max((straight[name] - resumed[name]).abs().max().item() for name in straight)
+    assert apart < 1e-6 and moved > 1e-3, (apart, moved)
+
+
+def test_lora_dpo_trains_adapters_against_the_model_with_them_switched_off(quick_run, pairs_jsonl, tmp_path):
+    sft_dir, _ = quick_run
+    result = run_script("train_dpo.py", *dpo_args(sft_dir, tmp_path / "out", "--pairs", str(pairs_jsonl), "--lora",
+                                                   "--max-steps", "2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "learning rate 5e-05 (LORA_LEARNING_RATE)" in result.stdout
+    record = json.loads((tmp_path / "out" / METADATA_FILE).read_text())
+    assert record["lora"]["rank"] == 16 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    assert abs(record["results"]["eval_loss_before"] - 0.6931) < 1e-3  # adapters at zero: the model is the reference
