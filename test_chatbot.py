@@ -127,8 +127,11 @@ def run_web(args, decoding):
              f"{metadata['base_model']}: every message is rendered by its chat "
              "template, for both models." if metadata else f"No fine-tuned model in {args.model}: the base model "
              f"{args.base_model} alone. Train one with python quick_test.py, then serve it with --model ./chatbot-test.")
-    server = ChatServer((args.host, args.port), contenders, tokenizer,
-                        models.context_window(contenders["base"]) or 2048, {"about": about}, args.max_queued)
+    names = compare.contender_names(metadata)  # "base" and "fine-tuned", or "SFT" and "DPO"
+    titles = dict(zip(contenders, (f"{name[0].upper()}{name[1:]} model" for name in names)))
+    window = models.context_window(contenders["base"]) or 2048
+    server = ChatServer((args.host, args.port), contenders, tokenizer, window, {"about": about, "titles": titles},
+                        args.max_queued)
     port = server.server_address[1]
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"WARNING: serving on {args.host}: anyone who can reach this machine on port {port} can use the model.")

@@ -37,7 +37,7 @@ OUTPUT_DIR = "./chatbot-dpo"  # where the DPO model folder is written
 BETA = 0.1  # how far the model may move from the SFT model: higher keeps it closer (the zephyr recipe's 0.1)
 NUM_EPOCHS = 1.0  # passes over the pairs
 MAX_STEPS = 0  # if above 0: stop after this many optimizer steps instead of NUM_EPOCHS
-LEARNING_RATE = 5e-6  # peak AdamW learning rate, decayed linearly to 0 (far below SFT's: BENCHMARKS.md, DPO sweep)
+LEARNING_RATE = 1e-6  # peak AdamW learning rate, decayed linearly to 0 (far below SFT's: BENCHMARKS.md, DPO sweep)
 BATCH_SIZE = 4  # pairs per forward pass on each device (each pair is two sequences, chosen and rejected)
 GRADIENT_ACCUMULATION_STEPS = 4  # forward passes summed into one optimizer step
 MAX_LENGTH = 1024  # longest prompt + answer in tokens; longer ones are cut at the end
@@ -66,7 +66,7 @@ TRUST_REMOTE_CODE = False  # let a model repository run its own Python code; lea
 QUICK = False  # a few minutes on a CPU: the settings in QUICK_RUN below, except those given as flags
 
 QUICK_RUN = dict(SFT_MODEL="./chatbot-test", OUTPUT_DIR="./chatbot-dpo-test", PAIRS=preferences.SELF_GENERATED,
-                 NUM_PAIRS=64, EVAL_PAIRS=32, MAX_STEPS=16, GRADIENT_ACCUMULATION_STEPS=1)  # 16 steps of 4 pairs
+                 NUM_PAIRS=48, EVAL_PAIRS=16, MAX_STEPS=12, GRADIENT_ACCUMULATION_STEPS=1)  # 12 steps of 4 pairs
 
 
 # --- the recipe ----------------------------------------------------------------------------------

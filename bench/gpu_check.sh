@@ -6,7 +6,7 @@
 # wall time (loading and tokenization included; no download: the model is built from its config).
 # Then, on 1,000 of the chats for one epoch, the options whose worth only a GPU can show: --compile,
 # gradient checkpointing, and the dataloader workers (off). Last, IFEval on all 541 prompts for the offline
-# kit trained with the full recipe's settings (not at the tiny size).
+# kit trained with the full recipe's settings, and for DPO on top of it (not at the tiny size).
 #
 #   bash bench/gpu_check.sh                 # on the GPU machine
 #   TINY=1 bash bench/gpu_check.sh          # a 2-layer model and 12 chats: checks the script on any machine
@@ -43,4 +43,8 @@ python bench/benchmark.py --workload long --no-naive "${slice[@]}" --json "${OUT
 if [ "${TINY:-0}" != 1 ]; then
     python train_chatbot.py --offline --output-dir "${OUT:-.}/chatbot-kit-full" --overwrite
     python test_chatbot.py --mode eval --model "${OUT:-.}/chatbot-kit-full" --limit 541
+    # DPO on top of it with self-generated pairs (1,308 of the kit's pool), then SFT vs DPO on all 541 prompts.
+    python train_dpo.py --offline --sft-model "${OUT:-.}/chatbot-kit-full" --output-dir "${OUT:-.}/chatbot-kit-dpo" \
+        --num-pairs 1308 --overwrite
+    python test_chatbot.py --mode eval --model "${OUT:-.}/chatbot-kit-dpo" --limit 541
 fi

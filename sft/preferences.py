@@ -80,16 +80,21 @@ def to_pair(record: dict) -> dict:
     return pair
 
 
-def records_to_pairs(records, name: str) -> list[dict]:
+def sample_pairs(table, num_train: int, num_eval: int, seed: int, name: str) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) pairs from the records of `table` in a seeded order, the first `num_eval` held out. Only
+    the records needed are converted (UltraFeedback has 61k)."""
+    order = list(range(len(table)))
+    random.Random(seed).shuffle(order)
+    num_eval = min(num_eval, len(order) // 2)
     pairs = []
-    for number, record in enumerate(records, start=1):
+    for index in order[:num_eval + num_train]:
         try:
-            pairs.append(to_pair(record))
+            pairs.append(to_pair(table[index]))
         except data.RecordError as error:
-            raise UserError(f"{name}, record {number}: {error}. Each record needs prompt, chosen and rejected, "
-                            "each as text or as a list of {role, content} messages (see README: preference "
-                            "pairs)") from None
-    return pairs
+            raise UserError(f"{name}, record {index + 1}: {error}. Each record needs prompt, chosen and rejected, "
+                            "each as text or as a list of {role, content} messages (see README: your own "
+                            "data)") from None
+    return pairs[num_eval:], pairs[:num_eval]
 
 
 def keep_pairs(pairs: list[dict], name: str) -> tuple[list[dict], dict]:
@@ -112,12 +117,12 @@ def keep_pairs(pairs: list[dict], name: str) -> tuple[list[dict], dict]:
 
 
 # --- where pairs come from -----------------------------------------------------------------------
-def read_pair_records(name: str, split: str, offline: bool, hub_available) -> tuple[list | None, str, str]:
-    """(records, source, split) of a local file or a Hub dataset; (None, ...) when the Hub is out of reach."""
+def read_pair_records(name: str, split: str, offline: bool, hub_available) -> tuple:
+    """(table, source, split) of a local file or a Hub dataset; (None, ...) when the Hub is out of reach."""
     path = Path(name).expanduser()
     if path.exists():
         table, split = data.read_local(path, split)
-        return list(table), "local", split
+        return table, "local", split
     if data.looks_like_path(name):
         raise UserError(f"pairs file {name} does not exist: check the path, or pass a Hub dataset name")
     table = data.read_hub_cache(name, split) if offline or not hub_available() else None
@@ -127,7 +132,7 @@ def read_pair_records(name: str, split: str, offline: bool, hub_available) -> tu
         except Exception as error:
             raise UserError(f"could not load pairs {name!r} (split {split!r}) from the Hub: {first_line(error)}") \
                 from None
-    return (list(table) if table is not None else None), "hub", split
+    return table, "hub", split
 
 
 def load_pairs(s, model, tokenizer, hub_available) -> PairData:
@@ -144,7 +149,7 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
     if records is None:
         pairs = self_generated_pairs(s, model, tokenizer, notices)
     else:
-        train, held_out = split_pairs(records_to_pairs(records, s.pairs), s.num_pairs, s.eval_pairs, s.seed)
+        train, held_out = sample_pairs(records, s.num_pairs, s.eval_pairs, s.seed, s.pairs)
         pairs = PairData(train, held_out, source, s.pairs, split, "the dataset", notices)
     pairs.train, pairs.dropped = keep_pairs(pairs.train, pairs.name)
     pairs.eval, _ = keep_pairs(pairs.eval, pairs.name) if pairs.eval else ([], {})
@@ -154,14 +159,6 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
     print(f"\nPairs: {pairs.name} [from {pairs.source}]: {len(pairs.train)} to train on, {len(pairs.eval)} held out"
           f"{f' ({dropped})' if dropped else ''}. Rejected answers: {pairs.rejected_from}.")
     return pairs
-
-
-def split_pairs(pairs: list[dict], num_train: int, num_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) from the pairs in a seeded order: the first `num_eval` are held out."""
-    pairs = list(pairs)
-    random.Random(seed).shuffle(pairs)
-    num_eval = min(num_eval, len(pairs) // 2)
-    return pairs[num_eval:num_eval + num_train], pairs[:num_eval]
 
 
 # --- self-generated pairs (offline) --------------------------------------------------------------

@@ -104,7 +104,7 @@ def plot_loss_curve(log_history: list[dict], path: Path, title: str, ylabel: str
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+        ax.plot(*zip(*train), ".-", label="train loss", color="tab:blue")  # dots: a short run logs few points
     if evals:
         ax.plot(*zip(*evals), "o-", label=f"eval loss ({held_out})", color="tab:orange")
     ax.set_xlabel("optimizer step")

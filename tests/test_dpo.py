@@ -160,23 +160,42 @@ def test_compare_and_eval_put_the_dpo_model_beside_its_sft_model(dpo_run, quick_
     assert "Preference-tuned (DPO) from" in (out_dir / "report.md").read_text()
 
 
+def test_the_browser_chat_serves_sft_and_dpo_under_their_names(dpo_run):
+    import httpx
+
+    from test_web import start_server, stop_server
+
+    out_dir, _ = dpo_run
+    process, address, _ = start_server("--model", str(out_dir))
+    try:
+        info = httpx.get(address + "/api/info").json()
+        assert info["titles"] == {"base": "SFT model", "fine-tuned": "DPO model"} and "DPO from" in info["about"]
+    finally:
+        stop_server(process)
+
+
 def test_offline_pairs_are_the_sft_models_own_answers_generated_once_and_cached(quick_run, tmp_path):
+    import train_dpo
+    from sft import settings
+
     sft_dir, _ = quick_run
     args = ["--quick", "--offline", "--max-steps", "1", "--num-pairs", "8", "--eval-pairs", "4",
-            "--rejected-max-new-tokens", "8"]
-    first = run_script("train_dpo.py", *args, "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "a"))
+            "--rejected-max-new-tokens", "8", "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "a")]
+    first = run_script("train_dpo.py", *args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "Pairs: self-generated [from offline-kit]: 8 to train on, 4 held out" in first.stdout
     assert "Rejected answers: the SFT model's own" in first.stdout
-    cache = sorted((preferences.cache_dir() / "dpo-rejected").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    answers = json.loads(cache[-1].read_text())
-    assert len(answers) == 12 and len(set(answers)) > 1  # the SFT model's own sampled answers, 8 + 4
-    second = run_script("train_dpo.py", *args, "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "b"))
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert f"read from {cache[-1]}" in second.stdout and "The SFT model answers" not in second.stderr
-    record = json.loads((tmp_path / "b" / METADATA_FILE).read_text())
+    record = json.loads((tmp_path / "a" / METADATA_FILE).read_text())
     assert record["dataset"] == "self-generated" and record["data"]["source"] == "offline-kit"
     assert "the SFT model's own" in record["data"]["rejected_from"]
+    # The same settings again: the answers come from the cache, without the model (None here) writing any.
+    s = settings.parse(settings.constants(vars(train_dpo)), args, "", ROOT / "train_dpo.py",
+                       presets={"quick": train_dpo.QUICK_RUN})
+    pairs = preferences.self_generated_pairs(s, None, None, [])
+    cached = json.loads(preferences.answers_cache(s, [p["prompt"] for p in pairs.train + pairs.eval]).read_text())
+    assert [p["rejected"][0]["content"] for p in pairs.train + pairs.eval] == cached
+    assert len(cached) == 12 and len(set(cached)) > 1  # the SFT model's own sampled answers, 8 + 4
+    assert all(p["chosen"] != p["rejected"] and p["prompt"][-1]["role"] == "user" for p in pairs.train)
 
 
 def test_quick_changes_only_the_settings_not_typed():
@@ -190,7 +209,7 @@ def test_quick_changes_only_the_settings_not_typed():
     assert parse().sft_model == "./chatbot-finetuned" and parse().max_steps == 0
     quick = parse("--quick")
     assert (quick.sft_model, quick.output_dir, quick.pairs, quick.max_steps) == (
-        "./chatbot-test", "./chatbot-dpo-test", "self-generated", 16)
+        "./chatbot-test", "./chatbot-dpo-test", "self-generated", 12)
     assert parse("--quick", "--max-steps", "3", "--sft-model", "./mine").max_steps == 3
     assert parse("--quick", "--sft-model", "./mine").sft_model == "./mine"
 
@@ -204,7 +223,10 @@ def test_quick_changes_only_the_settings_not_typed():
     ("all equal", "chosen and rejected must differ"),
     ("no file", "pairs file ./nope.jsonl does not exist"),
 ])
-def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, tiny_gpt2_dir, pairs_jsonl, tmp_path):
+def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, tiny_gpt2_dir, pairs_jsonl, tmp_path,
+                                                     monkeypatch, capsys):
+    import train_dpo
+
     sft_dir, _ = quick_run
     pairs, sft, out = str(pairs_jsonl), str(sft_dir), str(tmp_path / "out")
     if case == "missing":
@@ -219,8 +241,11 @@ def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, ti
         pairs = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?", "chosen": "Same.", "rejected": "Same."}] * 4))
     elif case == "no file":
         pairs = "./nope.jsonl"
-    result = run_script("train_dpo.py", *dpo_args(sft, out, "--pairs", pairs), cwd=tmp_path)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:  # in this process: the message and the exit code as a user sees them
+        train_dpo.main(dpo_args(sft, out, "--pairs", pairs))
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in stderr and "Traceback" not in stderr, stderr
     assert not (tmp_path / "out").exists() or case == "same folder"
 
 
@@ -257,6 +282,30 @@ def test_killed_dpo_run_resumes_to_the_same_weights(quick_run, pairs_jsonl, tmp_
     assert apart < 1e-6 and moved > 1e-3, (apart, moved)
 
 
+def test_ctrl_c_stops_dpo_with_a_checkpoint(quick_run, pairs_jsonl, tmp_path):
+    import signal
+
+    sft_dir, _ = quick_run
+    args = dpo_args(sft_dir, tmp_path / "out", "--pairs", str(pairs_jsonl), "--max-steps", "100000", "--save-steps",
+                    "1", "--logging-steps", "1000")
+
+    def start():
+        return subprocess.Popen([sys.executable, str(ROOT / "train_dpo.py"), *args], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even in background
+
+    process = start()
+    for line in process.stdout:  # wait until training has really started
+        if line.startswith("Training:"):
+            break
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "Interrupted at step" in stderr and "checkpoint saved in" in stderr  # resumed: the test below
+    assert not (tmp_path / "out").exists() and list((tmp_path / "out-checkpoints").glob("checkpoint-*"))
+
+
 def test_lora_dpo_trains_adapters_against_the_model_with_them_switched_off(quick_run, pairs_jsonl, tmp_path):
     sft_dir, _ = quick_run
     result = run_script("train_dpo.py", *dpo_args(sft_dir, tmp_path / "out", "--pairs", str(pairs_jsonl), "--lora",
@@ -266,3 +315,34 @@ def test_lora_dpo_trains_adapters_against_the_model_with_them_switched_off(quick
     record = json.loads((tmp_path / "out" / METADATA_FILE).read_text())
     assert record["lora"]["rank"] == 16 and (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert abs(record["results"]["eval_loss_before"] - 0.6931) < 1e-3  # adapters at zero: the model is the reference
+
+
+def test_ultrafeedback_by_its_hub_name_from_the_local_cache(quick_run, tmp_path):
+    """The default pairs, HuggingFaceH4/ultrafeedback_binarized (train_prefs), with its real columns, read from a
+    local Hugging Face cache as after an earlier download (HF_HUB_OFFLINE=1): no kit banner, no self-generation."""
+    from test_hub_path import hub_dataset_cache
+
+    sft_dir, _ = quick_run
+
+    def rows(split):
+        out = []
+        for i in range(40):
+            question, answer = QA[i % len(QA)]
+            user = {"role": "user", "content": f"[{split}] {question} ({i})"}
+            chosen, rejected = [user, {"role": "assistant", "content": answer}], [user, {"role": "assistant",
+                                                                                        "content": "Maybe."}]
+            out.append({"prompt": user["content"], "prompt_id": f"{split}-{i}", "chosen": chosen, "rejected": rejected,
+                        "messages": chosen, "score_chosen": 8.0, "score_rejected": 3.0})
+        return out
+
+    home = tmp_path / "hf-home"
+    hub_dataset_cache(home, "HuggingFaceH4/ultrafeedback_binarized",
+                      {split: rows(split) for split in ("train_prefs", "test_prefs")}, tmp_path)
+    result = run_script("train_dpo.py", "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "out"),
+                        "--max-steps", "1", "--num-pairs", "8", "--eval-pairs", "4", cwd=tmp_path,
+                        env={"HF_HOME": str(home)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "OFFLINE" not in result.stdout
+    assert "Pairs: HuggingFaceH4/ultrafeedback_binarized [from hub]: 8 to train on, 4 held out" in result.stdout
+    record = json.loads((tmp_path / "out" / METADATA_FILE).read_text())
+    assert (record["data"]["source"], record["data"]["split"]) == ("hub", "train_prefs")

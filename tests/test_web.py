@@ -227,6 +227,8 @@ def test_the_page_streams_answers_side_by_side_in_chromium(server, tmp_path):
         driver.find_element(By.ID, "side-by-side").click()
         assert [c.get_attribute("data-model") for c in driver.find_elements(By.CSS_SELECTOR, ".column")] == [
             "base", "fine-tuned"]
+        assert [h.text for h in driver.find_elements(By.CSS_SELECTOR, ".column h2")] == ["Base model",
+                                                                                          "Fine-tuned model"]
         driver.find_element(By.ID, "max-tokens").clear()
         driver.find_element(By.ID, "max-tokens").send_keys("12")
         driver.find_element(By.ID, "message").send_keys("What is the capital of France?")
