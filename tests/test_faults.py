@@ -272,10 +272,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_g
     args = quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000", "--logging-steps", "1000",
                       "--save-steps", "1")
     process = start_quick_test(args, tmp_path)
-    for line in process.stdout:  # wait until training has really started
-        if line.startswith("Training:"):
-            break
-    time.sleep(2)
+    third = tmp_path / "out-checkpoints" / "checkpoint-3" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not third.is_file() and process.poll() is None and time.time() < deadline:  # a few steps, however slow
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
