@@ -6,9 +6,9 @@
     python train_dpo.py --offline          # pairs from the offline kit: its answers chosen, the SFT model's rejected
 
 Direct Preference Optimization (Rafailov et al., 2023) learns from pairs: a prompt, an answer to prefer
-(chosen) and one to avoid (rejected). A frozen copy of the SFT model is the reference; each answer's
-"reward" is BETA x how much more likely the trained model makes it than the reference does, and the
-loss, -log sigmoid(reward chosen - reward rejected), widens that margin while BETA keeps the model near
+(chosen) and one to avoid (rejected). The SFT model, frozen, is the reference; each answer's "reward"
+is BETA x log(p_model(answer) / p_reference(answer)), summed over its tokens, and the loss,
+-log sigmoid(reward chosen - reward rejected), widens that margin while BETA keeps the model near
 the reference. There is no reward model and no sampling while training: it is a classification loss.
 
 Every constant below is also a command-line flag (--help lists them, with these comments).
@@ -34,7 +34,7 @@ PAIRS_SPLIT = "train_prefs"  # split to read from a Hub dataset or a saved Datas
 NUM_PAIRS = 2000  # preference pairs to train on; held-out pairs are extra
 OUTPUT_DIR = "./chatbot-dpo"  # where the DPO model folder is written
 # How long, how fast
-BETA = 0.1  # how far the model may move from the SFT model: higher keeps it closer (the zephyr recipe's 0.1)
+BETA = 0.1  # how far the model may move from the SFT model: higher keeps it closer (TRL's default)
 NUM_EPOCHS = 1.0  # passes over the pairs
 MAX_STEPS = 0  # if above 0: stop after this many optimizer steps instead of NUM_EPOCHS
 LEARNING_RATE = 1e-6  # peak AdamW learning rate, decayed linearly to 0 (far below SFT's: BENCHMARKS.md, DPO sweep)
@@ -44,7 +44,7 @@ MAX_LENGTH = 1024  # longest prompt + answer in tokens; longer ones are cut at t
 # LoRA: train small adapters instead of every weight (the reference is then the model with them switched off)
 LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
 QLORA = False  # LoRA on the model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory
-LORA_LEARNING_RATE = 5e-5  # LEARNING_RATE with LoRA, unless --learning-rate is given
+LORA_LEARNING_RATE = 5e-5  # LEARNING_RATE with LoRA, unless --learning-rate is given (not swept on quality)
 LORA_RANK = 16  # adapter size r
 LORA_ALPHA = 32  # adapters are scaled by alpha / r
 LORA_DROPOUT = 0.0  # dropout on the adapters' input while training
@@ -79,11 +79,11 @@ def main(argv=None, **overrides):
         set_seed(s.seed)
 
         # 1. The SFT model's tokenizer, with the chat template it was trained with (kept as it is)
-        sft = models.finetuned_source(s.sft_model)
-        tokenizer = chat_format.load_sft_tokenizer(sft, s.trust_remote_code)
+        sft_model = models.finetuned_source(s.sft_model, flag="--sft-model")
+        tokenizer = chat_format.load_sft_tokenizer(sft_model, s.trust_remote_code)
 
-        # 2. The SFT model: the one DPO trains; TRL keeps a frozen copy of it as the reference
-        model = models.load_model_for_training(sft, s, run.device)
+        # 2. The SFT model: the one DPO trains; TRL loads it again, frozen, as the reference (LoRA: adapters off)
+        model = models.load_model_for_training(sft_model, s, run.device)
 
         # 3. The pairs: prompt, chosen and rejected answers, as messages (offline: the SFT model writes the rejected)
         pairs = preferences.load_pairs(s, model, tokenizer, models.hub_available)
@@ -99,7 +99,7 @@ def main(argv=None, **overrides):
             peft_config=lora_config(s, model),  # with LoRA the reference is the model with its adapter switched off
             callbacks=[LogLines(), AnswersAtEvaluation(tokenizer), stop_on_ctrl_c, NoCheckpointAtTheEnd()],
         )
-        run.before_training(trainer, preferences.token_stats(trainer.train_dataset))  # disk, memory, CPU time
+        run.before_training(trainer, preferences.token_stats(trainer.train_dataset, s.max_length))  # disk, memory, time
 
         # 5. Train: the first Ctrl-C saves a checkpoint and stops; the same command then resumes from it
         with stop_on_ctrl_c, run.failures_explained():
@@ -107,7 +107,7 @@ def main(argv=None, **overrides):
         stop_on_ctrl_c.stop_if_requested(trainer)
 
         # 6. Save the model and the SFT model's tokenizer and template, with what was trained, all at once
-        record = metadata.describe_dpo(run, trainer, sft, pairs)
+        record = metadata.describe_dpo(run, trainer, sft_model, pairs)
         save.write_model_folder(run, trainer, tokenizer, record)
     run.print_summary(record)
 

@@ -56,10 +56,10 @@ class LogLines(ProgressCallback):
 
 
 def rewards(logs: dict, prefix: str = "") -> str:
-    """DPO's signals: each answer's reward (beta x how much more likely the model makes it than the reference
-    does), their margin, and how often the chosen answer's reward is the higher (preference accuracy)."""
+    """DPO's signals: each answer's reward (beta x the log of how much more likely the model makes it than the
+    reference does), their margin, and how often the chosen answer's reward is the higher (preference accuracy)."""
     chosen, rejected = logs[prefix + "rewards/chosen"], logs[prefix + "rewards/rejected"]
-    accuracy = ("no preference yet (the model is still its reference)" if chosen == rejected == 0
+    accuracy = ("no preference yet (the model is still its reference)" if abs(chosen) + abs(rejected) < 1e-9
                 else f"preference accuracy {logs[prefix + 'rewards/accuracies']:.0%}")
     return (f" | reward chosen {chosen:+.3f} rejected {rejected:+.3f} margin {logs[prefix + 'rewards/margins']:+.3f}"
             f" | {accuracy}")

@@ -6,7 +6,8 @@
     base_model_source, base_model_path               "hub", "local" or "offline-kit"; what from_pretrained loaded
     data        where the chats came from, how many were held out, dropped or cut, trained tokens per epoch
     lora        rank, alpha, layers, trainable parameters (None: every weight was trained)
-    results     steps, epochs, losses (mean cross-entropy per trained token), tokens, times
+    results     steps, epochs, losses (mean cross-entropy per trained token; DPO: its loss per pair, and the
+                held-out preference accuracy and rewards), tokens, times
     environment device, precision, processes, library versions, date
     settings    every setting of the run, as on the command line (used to recognise the same run)
 

@@ -173,13 +173,13 @@ def context_window(model) -> int | None:
     return None
 
 
-def finetuned_source(folder: str) -> ModelSource:
+def finetuned_source(folder: str, flag: str = "--model") -> ModelSource:
     """A model folder written by the training scripts, checked before anything heavy is loaded."""
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise UserError(f"no fine-tuned model at {folder}: train one first with python quick_test.py "
                         "(writes ./chatbot-test) or python train_chatbot.py (writes ./chatbot-finetuned), "
-                        "or pass --model DIR")
+                        f"or pass {flag} DIR")
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise UserError(f"{folder} is not a complete model folder (config.json and *.safetensors expected); "
                         "train again with the script that wrote it")

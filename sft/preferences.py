@@ -33,6 +33,7 @@ from .offline_kit import cache_dir
 
 SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also their name in the metadata)
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
+ROLES = ("system", "user", "assistant")  # what the chat template renders
 GENERATION_BATCH = 8  # answers generated together on a CPU (64 on a GPU)
 
 Messages = list[dict]
@@ -55,9 +56,11 @@ def as_messages(value, role: str, what: str) -> Messages:
     """Plain text becomes one message of `role`; a list of {role, content} messages is checked and kept."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
-        return [{"role": m["role"], "content": str(m["content"])} for m in value]
-    raise data.RecordError(f"{what} must be text or a list of {{role, content}} messages, not {type(value).__name__}")
+    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                  and m.get("role") in ROLES for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise data.RecordError(f"{what} must be text or a list of {{role, content}} messages with text content and "
+                           f"roles {', '.join(ROLES)}")
 
 
 def to_pair(record: dict) -> dict:
@@ -72,8 +75,8 @@ def to_pair(record: dict) -> dict:
         answer = as_messages(record[side], "assistant", side)
         if answer[:len(prompt)] == prompt:
             answer = answer[len(prompt):]
-        if not answer or answer[-1]["role"] != "assistant" or not answer[-1]["content"].strip():
-            raise data.RecordError(f"{side} has no assistant answer after the prompt")
+        if not answer or any(m["role"] != "assistant" for m in answer) or not answer[-1]["content"].strip():
+            raise data.RecordError(f"{side} must be the assistant's answer alone, or the prompt followed by it")
         pair[side] = answer
     if prompt[-1]["role"] != "user":
         raise data.RecordError("the prompt must end with a user message")
@@ -97,8 +100,9 @@ def sample_pairs(table, num_train: int, num_eval: int, seed: int, name: str) -> 
     return pairs[num_eval:], pairs[:num_eval]
 
 
-def keep_pairs(pairs: list[dict], name: str) -> tuple[list[dict], dict]:
-    """The pairs DPO can learn from and that do not touch the evaluation: (kept, {reason: how many dropped})."""
+def keep_pairs(pairs: list[dict], name: str, required: bool = True) -> tuple[list[dict], dict]:
+    """The pairs DPO can learn from and that do not touch the evaluation: (kept, {reason: how many dropped}).
+    `required`: none kept is an error (for the training pairs; held-out ones may run out)."""
     from .ifeval import prompts as ifeval_prompts
 
     ifeval_runs = set().union(*(kit_data.word_runs(item["prompt"]) for item in ifeval_prompts(None)))
@@ -110,9 +114,10 @@ def keep_pairs(pairs: list[dict], name: str) -> tuple[list[dict], dict]:
             dropped["prompt overlaps IFEval"] += 1
         else:
             kept.append(pair)
-    if not kept:
-        raise UserError(f"{name}: no usable pair ({', '.join(f'{n} {why}' for why, n in dropped.items() if n)}): "
-                        "chosen and rejected must differ for DPO to learn anything")
+    if not kept and required:
+        reasons = ", ".join(f"{n} dropped: {why}" for why, n in dropped.items() if n) or "none were read"
+        raise UserError(f"{name}: no usable pair to train on ({reasons}). Chosen and rejected must differ for DPO to "
+                        "learn anything, and no prompt may come from IFEval (the evaluation scores on those)")
     return kept, dropped
 
 
@@ -143,16 +148,18 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
     notices, records = [], None
     if s.pairs != SELF_GENERATED:
         records, source, split = read_pair_records(s.pairs, s.pairs_split, s.offline, hub_available)
-        if records is None and not s.offline:
-            notices.append(f"The Hub is unreachable and {s.pairs} is not in the local cache: building pairs from "
-                           f"the offline kit's chats instead ({SELF_GENERATED}).")
+        if records is None:
+            why = "--offline" if s.offline else "The Hub is unreachable"
+            notices.append(f"{why} and {s.pairs} is not in the local cache: building pairs from the offline kit's "
+                           f"chats instead ({SELF_GENERATED}).")
     if records is None:
         pairs = self_generated_pairs(s, model, tokenizer, notices)
     else:
         train, held_out = sample_pairs(records, s.num_pairs, s.eval_pairs, s.seed, s.pairs)
         pairs = PairData(train, held_out, source, s.pairs, split, "the dataset", notices)
     pairs.train, pairs.dropped = keep_pairs(pairs.train, pairs.name)
-    pairs.eval, _ = keep_pairs(pairs.eval, pairs.name) if pairs.eval else ([], {})
+    pairs.eval, eval_dropped = keep_pairs(pairs.eval, pairs.name, required=False)
+    pairs.dropped = {why: n + eval_dropped[why] for why, n in pairs.dropped.items()}  # training and held-out
     for notice in pairs.notices:
         banner(("OFFLINE: " if pairs.source == "offline-kit" else "NOTE: ") + notice)
     dropped = ", ".join(f"{n} dropped: {why}" for why, n in pairs.dropped.items() if n)
@@ -231,9 +238,13 @@ def as_dataset(pairs: list[dict]):
     return datasets.Dataset.from_list(pairs)
 
 
-def token_stats(tokenized) -> dict:
-    """Tokens through the model per pass over the pairs, as DPOTrainer tokenized them (chosen and rejected both
-    carry the prompt): for the CPU time estimate."""
-    tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in
+def token_stats(tokenized, max_length: int) -> dict:
+    """Tokens through the model per pass over the pairs, as DPOTrainer tokenized and will cut them (chosen and
+    rejected both carry the prompt): for the CPU time estimate. DPOTrainer leaves out pairs whose prompt alone
+    fills max_length; none left is refused here."""
+    if len(tokenized) == 0:
+        raise UserError(f"every pair's prompt is at least --max-length {max_length} tokens long, so DPO has no "
+                        "answer to learn from: raise --max-length (up to the model's context window)")
+    tokens = sum(min(len(p) + len(c), max_length) + min(len(p) + len(r), max_length) for p, c, r in
                  zip(tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"]))
     return {"tokens": tokens}

@@ -71,7 +71,8 @@ def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
 
 def dpo_config(settings, run, evaluate: bool) -> trl.DPOConfig:
     """DPO's settings in TRL's terms: the same arguments, plus beta (TRL's DPO loss, "sigmoid", is the paper's)."""
-    return trl.DPOConfig(**training_arguments(settings, run, evaluate), beta=settings.beta)
+    return trl.DPOConfig(**training_arguments(settings, run, evaluate), beta=settings.beta,
+                         trust_remote_code=settings.trust_remote_code)  # TRL loads the reference itself
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):

@@ -68,7 +68,10 @@ def test_every_accepted_shape_becomes_the_same_conversational_pair():
     ({"prompt": "Hi?", "chosen": "Hello."}, "missing or empty rejected"),
     ({"prompt": "", "chosen": "Hello.", "rejected": "No."}, "missing or empty prompt"),
     ({"prompt": "Hi?", "chosen": 3, "rejected": "No."}, "chosen must be text or a list"),
-    ({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}], "rejected": "No."}, "chosen has no assistant"),
+    ({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}], "rejected": "No."}, "chosen must be the assistant"),
+    ({"prompt": "Hi?", "chosen": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "A."}],
+      "rejected": "No."}, "chosen must be the assistant's answer alone"),  # a prompt that does not match is not cut
+    ({"prompt": [{"role": "human", "content": "Hi?"}], "chosen": "A.", "rejected": "B."}, "roles system, user"),
 ])
 def test_a_malformed_pair_is_refused(record, message):
     with pytest.raises(preferences.data.RecordError, match=message):
@@ -84,8 +87,10 @@ def test_pairs_that_teach_nothing_or_touch_the_evaluation_are_dropped():
     leaked = preferences.to_pair({"prompt": ifeval_prompt, "chosen": "A.", "rejected": "B."})
     kept, dropped = preferences.keep_pairs([pair, same, leaked], "test")
     assert kept == [pair] and dropped == {"chosen equals rejected": 1, "prompt overlaps IFEval": 1}
-    with pytest.raises(UserError, match="chosen and rejected must differ"):
+    with pytest.raises(UserError, match=r"no usable pair to train on \(1 dropped: chosen equals rejected\)"):
         preferences.keep_pairs([same], "test")
+    assert preferences.keep_pairs([same], "test", required=False) == ([], {"chosen equals rejected": 1,
+                                                                         "prompt overlaps IFEval": 0})
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ def test_quick_changes_only_the_settings_not_typed():
     ("no template", "has no chat template"),
     ("same folder", "--output-dir must not be the --sft-model folder"),
     ("missing field", "record 1: missing or empty rejected"),
-    ("all equal", "chosen and rejected must differ"),
+    ("all equal", "no usable pair to train on (2 dropped: chosen equals rejected)"),
     ("no file", "pairs file ./nope.jsonl does not exist"),
 ])
 def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, tiny_gpt2_dir, pairs_jsonl, tmp_path,
