@@ -47,12 +47,7 @@ def model_card(metadata: dict, tokenizer) -> str:
         return dpo_model_card(metadata, tokenizer)
     m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
     environment = metadata["environment"]
-    return f"""---
-base_model: {m['base_model']}
-library_name: transformers
-pipeline_tag: text-generation
-tags: [sft, trl, chat]
----
+    return f"""{front_matter(m['base_model'], 'sft')}
 
 # Chat model fine-tuned from {m['base_model']}
 
@@ -86,12 +81,7 @@ def dpo_model_card(metadata: dict, tokenizer) -> str:
     """The model card of a DPO folder: preference tuning on top of an SFT model."""
     m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
     sft = m["sft_model"]
-    return f"""---
-base_model: {m['base_model']}
-library_name: transformers
-pipeline_tag: text-generation
-tags: [dpo, trl, chat]
----
+    return f"""{front_matter(m['base_model'], 'dpo')}
 
 # Chat model preference-tuned (DPO) from `{m['base_model']}`
 
@@ -113,6 +103,12 @@ All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. 
 (`python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`) measures it against the SFT model.
 
 {usage(tokenizer)}"""
+
+
+def front_matter(base_model: str, method: str) -> str:
+    """The card's YAML header, which the Hub reads."""
+    return f"---\nbase_model: {base_model}\nlibrary_name: transformers\npipeline_tag: text-generation\n" \
+           f"tags: [{method}, trl, chat]\n---"
 
 
 def usage(tokenizer) -> str:

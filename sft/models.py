@@ -150,7 +150,7 @@ def load_model_for_training(source: ModelSource, settings, device):
 
     from .lora import four_bit_config
 
-    model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=getattr(settings, "dropout", None),
+    model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=settings.dropout,
                        **({"dtype": device.compute_dtype, "quantization": four_bit_config(device.compute_dtype)}
                           if settings.qlora else {"dtype": torch.float32}))
     window = context_window(model)

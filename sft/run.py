@@ -79,7 +79,7 @@ class Run:
                 print(f"Estimated time on this CPU: {estimate}.")
         if self.resume_from is not None:
             print(f"\nResuming from {self.resume_from} (pass --no-resume to start over).")
-        if getattr(s, "compile", False):  # after the measurement, which would otherwise time the compiling
+        if s.compile:  # after the measurement, which would otherwise time the compiling
             from .trainer import compile_blocks
 
             compiled = compile_blocks(trainer.model)
@@ -112,7 +112,7 @@ class Run:
         try:
             yield
         except Exception as error:
-            if getattr(s, "compile", False) and type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            if s.compile and type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise UserError(f"--compile: torch.compile failed on {device}: {first_line(error)}. Run without --compile "
                                 "(on a CPU, torch.compile needs a working C++ compiler: gcc or clang)") from None
             if isinstance(error, (RuntimeError, MemoryError)) and is_out_of_memory(error):
@@ -130,14 +130,14 @@ class Run:
         results, dpo = record["results"], record["stage"] == "dpo"
         before, after = (f"{results[key]:.3f}" if results[key] is not None else "n/a"
                          for key in ("eval_loss_before", "eval_loss"))
-        accuracy = results.get("eval_preference_accuracy")
-        banner(f"Done in {results['total_seconds'] / 60:.1f} min. "
-               + (f"Held-out pairs: DPO loss {before} (SFT) -> {after} (DPO); the chosen answer gains more than the "
-                  f"rejected one in {accuracy:.0%} of them." if dpo and accuracy is not None else
-                  f"Held-out loss: {before} ({'SFT' if dpo else 'base'}) -> {after} "
-                  f"({'DPO' if dpo else 'fine-tuned'}).")
-               + f"\nModel saved to {self.output_dir}/ with training_metadata.json and loss_curve.png.\n"
-               f"Compare with the {'SFT' if dpo else 'base'} model:  python test_chatbot.py --mode compare "
+        started_from, trained = ("SFT", "DPO") if dpo else ("base", "fine-tuned")
+        held_out = (f"Held-out {'pairs: DPO loss' if dpo else 'loss:'} {before} ({started_from}) -> {after} "
+                    f"({trained})")
+        if (accuracy := results.get("eval_preference_accuracy")) is not None:
+            held_out += f"; the chosen answer gains more than the rejected one in {accuracy:.0%} of them"
+        banner(f"Done in {results['total_seconds'] / 60:.1f} min. {held_out}.\n"
+               f"Model saved to {self.output_dir}/ with training_metadata.json and loss_curve.png.\n"
+               f"Compare with the {started_from} model:  python test_chatbot.py --mode compare "
                f"--model {self.output_dir}"
                + (f"\nTensorBoard:  tensorboard --logdir {self.tensorboard_dir.parent}" if self.tensorboard_dir else ""))
 

@@ -71,7 +71,7 @@ def full_precision_base(record: dict, settings):
     from .models import base_source_from_metadata, load_model
 
     return load_model(base_source_from_metadata(record), dtype=torch.float32,
-                      trust_remote_code=settings.trust_remote_code, dropout=getattr(settings, "dropout", None))
+                      trust_remote_code=settings.trust_remote_code, dropout=settings.dropout)
 
 
 def swap_in(staging: Path, output_dir: Path) -> None:

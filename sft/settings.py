@@ -24,6 +24,10 @@ RUN_CONTROLS = ("output_dir", "overwrite", "resume", "save_steps", "logging_step
 class Settings(SimpleNamespace):
     """The run's settings as attributes (settings.batch_size), plus two derived values."""
 
+    # What a script without these settings gets (train_dpo.py: TRL switches dropout off; no --compile there).
+    compile = False
+    dropout = None  # None: keep the model's own dropout
+
     @property
     def uses_lora(self) -> bool:
         return self.lora or self.qlora
@@ -123,7 +127,7 @@ CHECKS = [
 def validate(s: Settings) -> None:
     """Refuse values that cannot work, naming the flag and how to fix it."""
     for name, ok, message in CHECKS:
-        if hasattr(s, name) and not ok(s):
+        if name in vars(s) and not ok(s):  # the script has this setting
             raise UserError(message)
 
 
