@@ -15,6 +15,7 @@ the report card: report.md, report.json and report.png.
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from sft import compare, evaluate, ifeval, models, report_card
@@ -58,6 +59,9 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
     parser.add_argument("--max-queued", type=int, default=4, help="web: requests that may wait for one model "
                         "while it answers another; more get 503 with Retry-After")
+    parser.add_argument("--api-key", default=os.environ.get("SFT_API_KEY"), help="web: clients must send "
+                        "'Authorization: Bearer KEY' (default: $SFT_API_KEY); required with a --host other than "
+                        "127.0.0.1, localhost or ::1")
     return parser.parse_args(argv)
 
 
@@ -119,8 +123,9 @@ def run_eval(args, decoding):
 
 
 def run_web(args, decoding):
-    from sft.web import ChatServer
+    from sft.web import ChatServer, check_exposure, is_loopback, page_address
 
+    check_exposure(args.host, args.api_key)  # before minutes of loading, not after
     contenders, tokenizer, metadata = load_contenders(args)
     contenders = dict(zip(("base", "fine-tuned"), contenders.values()))  # the page's names for the two models
     about = (f"{args.model}, {'DPO' if metadata.get('stage') == 'dpo' else 'fine-tuned'} from "
@@ -131,12 +136,13 @@ def run_web(args, decoding):
     titles = dict(zip(contenders, (f"{name[0].upper()}{name[1:]} model" for name in names)))
     window = models.context_window(contenders["base"]) or 2048
     server = ChatServer((args.host, args.port), contenders, tokenizer, window, {"about": about, "titles": titles},
-                        args.max_queued)
+                        args.max_queued, args.api_key)
     port = server.server_address[1]
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"WARNING: serving on {args.host}: anyone who can reach this machine on port {port} can use the model.")
-    print(f"Chat in your browser: http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{port}  "
-          f"(OpenAI-compatible API at /v1; Ctrl-C stops)", flush=True)
+    if not is_loopback(args.host):
+        print(f"WARNING: serving on {args.host}: anyone who can reach this machine on port {port} and has the API "
+              "key can use the model.")
+    print(f"Chat in your browser: {page_address(args.host, port)}  (OpenAI-compatible API at /v1; Ctrl-C stops)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

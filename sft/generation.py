@@ -7,11 +7,16 @@ become a special token, and generation stops at the end-of-text token that close
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import StoppingCriteria
 
 from .errors import UserError
+
+# Sampling divides the logits by the temperature: below this it overflows to inf, so such a temperature
+# means greedy decoding (as 0 does).
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -24,10 +29,11 @@ class Decoding:
     batch_size: int = 8
 
     def generate_kwargs(self, tokenizer) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sample,
+        sample = self.sample and self.temperature >= MIN_TEMPERATURE
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                   "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-        if self.sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        if sample:  # floats: generate() refuses a temperature of 2 written as an integer
+            kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p))
         else:  # greedy: make sure no sampling setting from generation_config.json leaks in
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
@@ -52,32 +58,59 @@ def encode_prompts(tokenizer, conversations: list[list[dict]]):
                                          padding=True, return_tensors="pt", return_dict=True)
 
 
-def too_long(what: str, length: int, context_window: int, max_new_tokens: int) -> UserError:
+def too_long(what: str, length: int, context_window: int, max_new_tokens: int,
+             knob: str = "--max-new-tokens") -> UserError:
     budget = context_window - max_new_tokens
     return UserError(f"{what} is {length} tokens long; with {max_new_tokens} kept for the answer, the model's "
                      f"{context_window}-token context allows {max(budget, 0)}. Shorten it, or pass a smaller "
-                     "--max-new-tokens.")
+                     f"{knob}.")
+
+
+def prompt_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
+    """The token count of each conversation's prompt (unpadded: one long message costs only its own length)."""
+    ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, sanitize_control_tokens=True,
+                                        return_dict=False)
+    return [len(row) for row in ids]
 
 
 def check_prompt_lengths(tokenizer, prompts: list[str], context_window: int, max_new_tokens: int) -> None:
     """Refuse, before generating anything, a prompt that leaves no room for its answer."""
-    for number, prompt in enumerate(prompts, start=1):
-        length = encode_prompts(tokenizer, [[{"role": "user", "content": prompt}]])["input_ids"].shape[1]
+    lengths = prompt_lengths(tokenizer, [[{"role": "user", "content": prompt}] for prompt in prompts])
+    for number, length in enumerate(lengths, start=1):
         if length + max_new_tokens > context_window:
             raise too_long(f"prompt {number}", length, context_window, max_new_tokens)
 
 
-def fit_history(tokenizer, history: list[dict], context_window: int, max_new_tokens: int) -> list[dict]:
-    """The newest part of `history` whose prompt leaves max_new_tokens of room in the context window."""
+def history_starts(history: list[dict]) -> list[int]:
+    """Where a trimmed history may begin, longest first: drop the oldest exchange (a user message and the
+    answer after it) or the oldest single message, until only the newest message is left."""
+    starts, start = [0], 0
+    while start < len(history) - 1:
+        whole_exchange = history[start]["role"] == "user" and len(history) - start > 2
+        start += 2 if whole_exchange else 1
+        starts.append(start)
+    return starts
+
+
+def fit_history(tokenizer, history: list[dict], context_window: int, max_new_tokens: int,
+                knob: str = "--max-new-tokens") -> list[dict]:
+    """The newest part of `history` whose prompt leaves max_new_tokens of room in the context window.
+
+    Each message is tokenized once, as a prompt of its own; a longer prompt's length is then their sum less
+    what every single-message prompt repeats (the generation prompt, a BOS), so trimming is linear in the
+    history. The kept part is measured once more, whole, in case a tokenizer merges across messages."""
     budget = context_window - max_new_tokens
-    kept = list(history)
-    while True:
-        length = encode_prompts(tokenizer, [kept])["input_ids"].shape[1]
-        if length <= budget:
-            return kept
-        if len(kept) == 1:
-            raise too_long("this message", length, context_window, max_new_tokens)
-        kept = kept[2:] if kept[0]["role"] == "user" and len(kept) > 2 else kept[1:]  # drop the oldest exchange
+    alone = prompt_lengths(tokenizer, [[message] for message in history])
+    repeated = sum(alone[-2:]) - prompt_lengths(tokenizer, [history[-2:]])[0] if len(history) > 1 else 0
+    after = [0] * (len(history) + 1)  # after[i]: the summed lengths of history[i:]
+    for i in reversed(range(len(history))):
+        after[i] = after[i + 1] + alone[i]
+    length = alone[-1]
+    for start in history_starts(history):
+        estimate = after[start] - repeated * (len(history) - start - 1)
+        if estimate <= budget and (length := prompt_lengths(tokenizer, [history[start:]])[0]) <= budget:
+            return history[start:]
+    raise too_long("this message", length, context_window, max_new_tokens, knob)
 
 
 def generate_batch(model, tokenizer, conversations: list[list[dict]], decoding: Decoding, seed: int):
@@ -99,33 +132,40 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], decoding: 
     return answers, seconds
 
 
-class StopWhenSet(StoppingCriteria):
-    """A stopping criterion for generate(): stop once `event` is set (by the reader of a stream)."""
+class StopWhen(StoppingCriteria):
+    """A stopping criterion for generate(): stop once `should_stop()` says so (checked at every token)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
+        return self.should_stop()
 
 
 def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, context_window: int,
-                  record: dict | None = None, stop: threading.Event | None = None):
-    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C), or setting `stop`,
-    stops generation. Once it has ended, `record` holds the prompt's length and the answer's token ids."""
+                  record: dict | None = None, stop: Callable[[], bool] | None = None):
+    """Yield the answer's text as it is generated. Closing the generator (e.g. on Ctrl-C), or `stop()`
+    returning True, stops generation within a token. Once it has ended, `record` holds the prompt's length
+    and the answer's token ids. An error inside generate() is raised here, to the reader of the stream."""
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     inputs = encode_prompts(tokenizer, [fit_history(tokenizer, history, context_window, decoding.max_new_tokens)])
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    stop = stop or threading.Event()
+    closed, failed = threading.Event(), []
+    criteria = StoppingCriteriaList([StopWhen(lambda: closed.is_set() or (stop is not None and stop()))])
 
     def work():
-        torch.manual_seed(decoding.seed)
-        with torch.no_grad():
-            output = model.generate(**inputs, **decoding.generate_kwargs(tokenizer), streamer=streamer,
-                                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
+        try:
+            torch.manual_seed(decoding.seed)
+            with torch.no_grad():
+                output = model.generate(**inputs, **decoding.generate_kwargs(tokenizer), streamer=streamer,
+                                        stopping_criteria=criteria)
+        except Exception as error:  # the reader would otherwise wait for more text forever
+            failed.append(error)
+            streamer.end()
+            return
         if record is not None:
             ids = output[0, inputs["input_ids"].shape[1]:].tolist()
             if tokenizer.eos_token_id in ids:
@@ -137,8 +177,10 @@ def stream_answer(model, tokenizer, history: list[dict], decoding: Decoding, con
     try:
         yield from streamer
     finally:
-        stop.set()
+        closed.set()
         thread.join()
+    if failed:
+        raise failed[0]
 
 
 def answer_once(model, tokenizer, history, decoding, context_window, write) -> str:

@@ -6,6 +6,7 @@ so the tests need no network; end-of-text is id 50256, as in the real GPT-2.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,24 @@ def chat_model_dir(tmp_path_factory):
     install_chat_template(tokenizer)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver), its console log kept."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("no Chromium here: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chromium = webdriver.Chrome(service=Service(driver), options=options)
+    yield chromium
+    chromium.quit()

@@ -3,7 +3,6 @@ spoken to with httpx and with the official openai client, its refusals, and the 
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,18 +26,23 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str, str]:
                                # Ctrl-C must reach it even when pytest runs in the background, where the shell
                                # makes its children ignore SIGINT
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = []  # its log, read as it comes: a full pipe would block the server
+    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
+    process.log = log
     printed = []
     for line in process.stdout:
         printed.append(line)
         if line.startswith("Chat in your browser: "):
             return process, line.split()[4], "".join(printed)
-    pytest.fail("the server did not start: " + "".join(printed) + process.stderr.read()[-2000:])
+    process.wait(timeout=60)
+    pytest.fail("the server did not start: " + "".join(printed) + "".join(log)[-2000:])
 
 
 def stop_server(process: subprocess.Popen) -> str:
     """Ctrl-C, as a user stops it: a clean exit."""
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, _ = process.communicate(timeout=180)
+    stderr = "".join(process.log)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
     return stdout
 
@@ -86,7 +90,9 @@ def test_a_streamed_answer_comes_in_openai_chunks_and_equals_the_whole_one(serve
     pieces = [e["choices"][0]["delta"].get("content", "") for e in events]
     final = events[-1]
     assert final["choices"][0]["finish_reason"] in ("stop", "length") and final["usage"]["completion_tokens"] >= 1
-    assert set(final["labels"]) == {"stopped_cleanly", "role_leak", "repetition", "tokens"}
+    # the labels describe this answer: its token count, how it ended
+    assert final["labels"]["tokens"] == final["usage"]["completion_tokens"]
+    assert final["labels"]["stopped_cleanly"] == (final["choices"][0]["finish_reason"] == "stop")
     whole = chat(server, model="fine-tuned", messages=HELLO, max_tokens=24).json()
     assert whole["object"] == "chat.completion" and whole["choices"][0]["message"]["content"] == "".join(pieces).strip()
     assert whole["usage"] == final["usage"] and whole["labels"] == final["labels"]
@@ -110,8 +116,13 @@ def test_the_official_openai_client_streams_from_it(server):
     ({"messages": [{"role": "user", "content": "word " * 1100}]}, 400, "tokens long"),
     ({"messages": HELLO, "temperature": -1}, 400, "'temperature' must be a number in [0, 2]"),
     ({"messages": HELLO, "top_p": 0}, 400, "'top_p' must be a number in (0, 1]"),
-    ({"messages": HELLO, "max_tokens": 0}, 400, "'max_tokens' must be a number in [1, 1023]"),
-    ({"messages": HELLO, "max_tokens": 5000}, 400, "'max_tokens' must be a number in [1, 1023]"),
+    ({"messages": HELLO, "max_tokens": 0}, 400, "'max_tokens' must be an integer in [1, 1023]"),
+    ({"messages": HELLO, "max_tokens": 5000}, 400, "'max_tokens' must be an integer in [1, 1023]"),
+    ({"messages": HELLO, "max_tokens": 2.5}, 400, "'max_tokens' must be an integer in [1, 1023]"),
+    ({"messages": HELLO, "temperature": "hot"}, 400, "'temperature' must be a number in [0, 2]"),
+    ({"messages": HELLO, "stream": "false"}, 400, "'stream' must be true or false, not 'false'"),
+    ({"messages": HELLO, "model": [1]}, 400, "'model' must be a model's name"),
+    ({"messages": [{"role": "user", "content": "word " * 1100}]}, 400, "a smaller 'max_tokens'"),
     ({"messages": HELLO, "model": "gpt-4"}, 404, "unknown model 'gpt-4'"),
 ])
 def test_bad_requests_get_a_clear_json_error(server, body, status, message):
@@ -132,13 +143,22 @@ def test_message_text_cannot_forge_a_turn_or_a_special_token(server, quick_run):
     assert usage["prompt_tokens"] == len(ids) and 50256 not in ids  # spelled-out end-of-text stays text
 
 
-def test_a_long_history_is_trimmed_to_the_context_window_keeping_the_new_message(server):
+def test_a_long_history_is_trimmed_to_the_context_window_keeping_the_new_message(server, quick_run):
+    from transformers import AutoTokenizer
+
+    from sft.generation import encode_prompts
+
     history = []
     for i in range(12):
         history += [{"role": "user", "content": f"Question {i} " + "blah " * 60},
                     {"role": "assistant", "content": f"Answer {i} " + "blah " * 60}]
-    answer = chat(server, messages=history + HELLO, max_tokens=100).json()
-    assert answer["dropped_messages"] >= 2 and answer["usage"]["prompt_tokens"] <= 1024 - 100
+    history += HELLO
+    answer = chat(server, messages=history, max_tokens=100).json()
+    kept = history[answer["dropped_messages"]:]
+    length = encode_prompts(AutoTokenizer.from_pretrained(quick_run[0]), [kept])["input_ids"].shape[1]
+    longer = encode_prompts(AutoTokenizer.from_pretrained(quick_run[0]), [history[len(history) - len(kept) - 2:]])
+    assert kept[-1] == HELLO[0] and kept[0]["role"] == "user"  # whole exchanges dropped, the new message kept
+    assert answer["usage"]["prompt_tokens"] == length <= 1024 - 100 < longer["input_ids"].shape[1]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +176,19 @@ def test_without_a_fine_tuned_model_the_base_is_served_alone_and_streams_word_by
     assert "python quick_test.py" in httpx.get(slow_server + "/api/info").json()["about"]
     events, _ = streamed(slow_server, messages=HELLO, max_tokens=12)  # no "model": the one there is
     pieces = [e["choices"][0]["delta"].get("content") for e in events[1:-1]]
-    assert len(pieces) >= 4 and all(pieces) and "".join(pieces).strip().startswith("The capital of France is Paris.")
+    assert len(pieces) >= 4 and all(pieces) and "paris" in "".join(pieces).lower()  # a real model's answer
+
+
+def info(address: str) -> dict:
+    return httpx.get(address + "/api/info").json()
+
+
+def wait_for(condition, what: str, seconds: float = 120):
+    """Poll until `condition()` holds: an event to wait on, with a bound only against a hang."""
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
 
 
 def test_one_answer_at_a_time_a_bounded_queue_and_a_client_that_leaves_stops_its_answer(slow_server):
@@ -168,84 +200,74 @@ def test_one_answer_at_a_time_a_bounded_queue_and_a_client_that_leaves_stops_its
     waited = {}
 
     def second():
-        started = time.time()
         with httpx.stream("POST", slow_server + "/v1/chat/completions", json={**long, "max_tokens": 4},
                           timeout=120) as response:
-            next(response.iter_bytes())
-            waited["seconds"], waited["status"] = time.time() - started, response.status_code
+            waited["status"], waited["body"] = response.status_code, b"".join(response.iter_bytes())
 
     waiting = threading.Thread(target=second)
     waiting.start()
-    deadline = time.time() + 60
-    while httpx.get(slow_server + "/api/info").json()["queues"]["base"]["waiting"] < 1 and time.time() < deadline:
-        time.sleep(0.1)  # the second request waits for the model
+    wait_for(lambda: info(slow_server)["queues"]["base"]["waiting"] == 1, "the second request to wait")
     refused = httpx.post(slow_server + "/v1/chat/completions", json={**long, "stream": False}, timeout=60)
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "busy" in refused.json()["error"]["message"]
 
-    left = time.time()
     busy.close()  # the first client goes away: its answer stops, and the waiting one goes next
     first.close()
-    waiting.join(timeout=60)
-    assert waited["status"] == 200 and time.time() - left < 10, waited
+    waiting.join(timeout=120)
+    assert waited["status"] == 200 and waited["body"].endswith(b"data: [DONE]\n\n")
+    counts = info(slow_server)["counts"]
+    assert counts["client left"] == 1 and counts["answered"] >= 1 and counts["refused 503"] == 1, counts
 
 
-def test_serving_on_every_interface_warns(quick_run):
-    process, address, printed = start_server("--model", str(quick_run[0]), "--host", "0.0.0.0")
+def test_serving_on_every_interface_needs_an_api_key_and_warns(quick_run):
+    refused = subprocess.run([sys.executable, str(ROOT / "test_chatbot.py"), "--mode", "web", "--model",
+                              str(quick_run[0]), "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "SFT_API_KEY": ""})
+    assert refused.returncode == 2 and "pass --api-key KEY" in refused.stderr and "Traceback" not in refused.stderr
+    process, address, printed = start_server("--model", str(quick_run[0]), "--host", "0.0.0.0", "--api-key", "s3cret")
     assert "WARNING: serving on 0.0.0.0: anyone who can reach this machine" in printed
-    assert httpx.get(address + "/v1/models").status_code == 200
+    assert httpx.get(address + "/v1/models").status_code == 401
+    assert httpx.get(address + "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert "Server stopped." in stop_server(process)
 
 
 # ----------------------------------------------------------------------------- in a real browser
 
 
-def chromium() -> tuple[str, str] | None:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.mark.skipif(chromium() is None, reason="no Chromium here: apt-get install chromium chromium-driver")
-def test_the_page_streams_answers_side_by_side_in_chromium(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_the_page_streams_answers_side_by_side_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        driver.get(server + "/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".column"))
-        driver.find_element(By.ID, "side-by-side").click()
-        assert [c.get_attribute("data-model") for c in driver.find_elements(By.CSS_SELECTOR, ".column")] == [
-            "base", "fine-tuned"]
-        assert [h.text for h in driver.find_elements(By.CSS_SELECTOR, ".column h2")] == ["Base model",
-                                                                                          "Fine-tuned model"]
-        driver.find_element(By.ID, "max-tokens").clear()
-        driver.find_element(By.ID, "max-tokens").send_keys("12")
-        driver.find_element(By.ID, "message").send_keys("What is the capital of France?")
-        driver.find_element(By.ID, "send").click()
-        wait.until(lambda d: len([a for a in d.find_elements(By.CSS_SELECTOR, ".turn.answer")
-                                  if a.get_attribute("data-done") == "true"]) == 2)
-        answers = driver.find_elements(By.CSS_SELECTOR, ".turn.answer")
-        assert [a.get_attribute("data-model") for a in answers] == ["base", "fine-tuned"]
-        for answer in answers:
-            assert "error" not in answer.get_attribute("class")
-            labels = answer.find_element(By.CSS_SELECTOR, ".labels").text
-            assert "tokens" in labels and ("stopped cleanly" in labels or "ran to the limit" in labels)
-            assert answer.text.split("\n")[0].strip()  # the streamed answer's text is in the page
-        screenshot = Path(os.environ.get("SFT_SCREENSHOT", tmp_path / "side-by-side.png"))
-        assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".column"))
+    browser.find_element(By.ID, "side-by-side").click()
+    assert [c.get_attribute("data-model") for c in browser.find_elements(By.CSS_SELECTOR, ".column")] == [
+        "base", "fine-tuned"]
+    assert [h.text for h in browser.find_elements(By.CSS_SELECTOR, ".column h2")] == ["Base model",
+                                                                                       "Fine-tuned model"]
+    browser.find_element(By.ID, "max-tokens").clear()
+    browser.find_element(By.ID, "max-tokens").send_keys("12")
+    browser.find_element(By.ID, "message").send_keys("What is the capital of France?")
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: len([a for a in d.find_elements(By.CSS_SELECTOR, ".turn.answer")
+                              if a.get_attribute("data-done") == "true"]) == 2)
+    answers = browser.find_elements(By.CSS_SELECTOR, ".turn.answer")
+    assert [a.get_attribute("data-model") for a in answers] == ["base", "fine-tuned"]
+    for answer in answers:
+        assert "error" not in answer.get_attribute("class")
+        labels = answer.find_element(By.CSS_SELECTOR, ".labels").text
+        assert "tokens" in labels and ("stopped cleanly" in labels or "ran to the limit" in labels)
+        assert answer.text.split("\n")[0].strip()  # the streamed answer's text is in the page
+    browser.find_element(By.ID, "max-tokens").clear()
+    browser.find_element(By.ID, "max-tokens").send_keys("abc")  # checked in the page, never sent
+    browser.find_element(By.ID, "message").send_keys("Hello")
+    browser.find_element(By.ID, "send").click()
+    assert browser.find_element(By.ID, "status").text == "max new tokens must be a whole number from 1 to 1023"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".turn.answer")) == 2
+    assert not [entry for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+    screenshot = Path(os.environ.get("SFT_SCREENSHOT", tmp_path / "side-by-side.png"))
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
 
 
 def test_ctrl_c_stops_the_server_cleanly_while_it_streams(chat_model_dir, tmp_path):
