@@ -18,14 +18,15 @@ import argparse
 import os
 from pathlib import Path
 
-from sft import compare, evaluate, ifeval, models, report_card
-from sft.chat import repl
-from sft.chat_format import install_chat_template
+from sft import models
 from sft.console import quiet_library_chatter
+from sft.data.chat_format import install_chat_template
 from sft.devices import pick_device
 from sft.errors import exit_on_user_error
+from sft.eval import compare, evaluate, ifeval, report_card
 from sft.generation import Decoding, answer_once, check_prompt_lengths, load_for_generation
-from sft.metadata import read_metadata
+from sft.serve.chat import repl
+from sft.train.metadata import read_metadata
 
 MODEL_DIR = "./chatbot-finetuned"
 BASE_MODEL = "gpt2"  # used only when there is no fine-tuned model yet
@@ -35,9 +36,11 @@ TOP_P = 0.9
 SEED = 42
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["compare", "eval", "interactive", "web"], default="compare")
+    parser.add_argument("--mode", choices=["compare", "eval", "interactive", "web"], default="compare",
+                        help="compare: base vs fine-tuned on a few prompts; eval: IFEval and the report card; "
+                        "interactive: chat in the terminal; web: chat in the browser")
     parser.add_argument("--model", default=MODEL_DIR, help=f"fine-tuned model folder (default: {MODEL_DIR})")
     parser.add_argument("--base-model", default=BASE_MODEL,
                         help=f"base model to show when no fine-tuned model exists yet (default: {BASE_MODEL})")
@@ -50,19 +53,19 @@ def parse_args(argv=None):
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="with --sample")
     parser.add_argument("--top-p", type=float, default=TOP_P, help="with --sample")
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--seed", type=int, default=SEED, help="with --sample: the random seed")
     parser.add_argument("--cut-at-role", action="store_true",
                         help="compare: cut answers at the first new User:/Assistant: line")
     parser.add_argument("--offline", action="store_true", help="never ask the Hub (use the offline kit)")
     parser.add_argument("--host", default="127.0.0.1", help="web: the address to serve on (0.0.0.0: every network "
-                        "interface, so anyone who can reach this machine)")
+                        "interface, with --api-key)")
     parser.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
     parser.add_argument("--max-queued", type=int, default=4, help="web: requests that may wait for one model "
                         "while it answers another; more get 503 with Retry-After")
     parser.add_argument("--api-key", default=os.environ.get("SFT_API_KEY"), help="web: clients must send "
                         "'Authorization: Bearer KEY' (default: $SFT_API_KEY); required with a --host other than "
                         "127.0.0.1, localhost or ::1")
-    return parser.parse_args(argv)
+    return parser
 
 
 def load_contenders(args):
@@ -123,7 +126,7 @@ def run_eval(args, decoding):
 
 
 def run_web(args, decoding):
-    from sft.web import ChatServer, check_exposure, is_loopback, page_address
+    from sft.serve.web import ChatServer, check_exposure, is_loopback, page_address
 
     check_exposure(args.host, args.api_key)  # before minutes of loading, not after
     contenders, tokenizer, metadata = load_contenders(args)
@@ -164,7 +167,7 @@ def run_chat(args, decoding):
 
 @exit_on_user_error
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     quiet_library_chatter()
     default_length = evaluate.MAX_NEW_TOKENS if args.mode == "eval" and args.prompt is None else MAX_NEW_TOKENS
     decoding = Decoding(max_new_tokens=args.max_new_tokens or default_length, sample=args.sample,

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from sft import chat_format, data, masking, metadata, models, save, settings
-from sft.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft import models, settings
+from sft.data import chat_format, load, token_cache
 from sft.distributed import only_the_main_process_prints
 from sft.errors import exit_on_user_error
-from sft.lora import lora_config
-from sft.run import Run
-from sft.trainer import SFTTrainer, sft_config  # TRL's SFTTrainer with two measured speed-ups (see there)
+from sft.train import metadata, save
+from sft.train.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft.train.lora import lora_config
+from sft.train.run import Run
+from sft.train.trainer import SFTTrainer, sft_config  # TRL's SFTTrainer with two measured speed-ups (see there)
 
 # --- settings ----------------------------------------------------------------------------------
 # What to train, on what
@@ -74,11 +76,11 @@ def main(argv=None, **overrides):
         tokenizer = chat_format.load_chat_tokenizer(source, s.trust_remote_code)
 
         # 2. The chats, as lists of {role, content} messages: NUM_TRAIN_SAMPLES to train on, some held out
-        chats = data.load_chat_data(s.dataset_name, s.dataset_split, s.num_train_samples, s.eval_fraction, s.seed,
-                                    s.offline)
+        chats = load.chat_dataset(s.dataset_name, s.dataset_split, s.num_train_samples, s.eval_fraction, s.seed,
+                                  s.offline)
 
         # 3. Tokens and labels: each answer's tokens are their own label, everything else IGNORE_INDEX
-        train_set, eval_set, token_stats = masking.tokenize_chats_for_training(tokenizer, chats, s.max_length)
+        train_set, eval_set, token_stats = token_cache.tokenize_for_training(tokenizer, chats, s.max_length)
 
         # 4. The base model, on the device Run picked (fp32 weights; bf16/fp16 autocast on a GPU)
         model = models.load_model_for_training(source, s, run.device)

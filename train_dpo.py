@@ -18,13 +18,15 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from sft import chat_format, metadata, models, preferences, save, settings
-from sft.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft import models, settings
+from sft.data import chat_format, preferences
 from sft.distributed import only_the_main_process_prints
 from sft.errors import exit_on_user_error
-from sft.lora import lora_config
-from sft.run import Run
-from sft.trainer import DPOTrainer, dpo_config  # TRL's DPOTrainer, printing our log lines
+from sft.train import metadata, save
+from sft.train.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
+from sft.train.lora import lora_config
+from sft.train.run import Run
+from sft.train.trainer import DPOTrainer, dpo_config  # TRL's DPOTrainer, printing our log lines
 
 # --- settings ----------------------------------------------------------------------------------
 # What to train, on what

@@ -11,7 +11,7 @@ Workloads (both offline):
          from real English text with UltraChat-like lengths (most over 1,000 tokens before truncation)
 
 Configurations:
-  project  what train_chatbot.py runs (sft/trainer.py): per-batch padding, length-grouped batches, no dropout,
+  project  what train_chatbot.py runs (sft/train/trainer.py): per-batch padding, length-grouped batches, no dropout,
            fused GELU (GPT-2), the LM head only at labelled positions off CUDA; on CUDA bf16, TF32 and
            dataloader workers. --variants adds it with one optimisation off or one option on.
   naive    transformers' Trainer with its defaults: every chat padded to MAX_LENGTH, the model's own dropout,
@@ -40,10 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sft import chat_format, devices, estimates, masking, models, token_cache  # noqa: E402  (first: quiets a warning)
-from sft.masking import IGNORE_INDEX  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from sft import devices, models
+from sft.data import chat_format, masking, token_cache
+from sft.data.masking import IGNORE_INDEX  # noqa: E402
+from sft.train import estimates  # noqa: E402  (first: quiets a warning)
 
 # ----------------------------------------------------------------------------- data
 
@@ -101,10 +103,11 @@ def load_workload(name: str, conversations: int, tiny: bool):
     from transformers import GPT2Config
 
     if name == "short":
-        from sft import kit_data, offline_kit
+        from sft import offline_kit
+        from sft.data import kit
 
         path = offline_kit.model_dir()
-        chats = kit_data.chatterbot_conversations()
+        chats = kit.chatterbot_conversations()
         random.Random(0).shuffle(chats)
         from transformers import AutoTokenizer
 
@@ -235,8 +238,8 @@ def project_trainer(variant, model, tokenizer, train_set, args, out_dir):
 
     import train_chatbot
     from sft import settings
-    from sft.run import Run
-    from sft.trainer import SFTTrainer, compile_blocks, sft_config
+    from sft.train.run import Run
+    from sft.train.trainer import SFTTrainer, compile_blocks, sft_config
 
     config = settings.from_constants(settings.constants(vars(train_chatbot)), num_epochs=args.epochs, max_steps=0,
                                      batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from sft.evaluate import MAX_NEW_TOKENS  # noqa: E402
+from sft.eval.evaluate import MAX_NEW_TOKENS  # noqa: E402
 
 FLAGS = {"lr": "--learning-rate", "epochs": "--num-epochs", "steps": "--max-steps", "len": "--max-length",
          "n": "--num-train-samples", "batch": "--batch-size", "accum": "--gradient-accumulation-steps",
@@ -50,8 +50,9 @@ def train(script: str, run: str, folder: Path) -> float:
 
 
 def score(folder: Path, limit: int) -> dict:
-    from sft import compare, evaluate, ifeval, models
+    from sft import models
     from sft.devices import pick_device
+    from sft.eval import compare, evaluate, ifeval
     from sft.generation import Decoding, load_for_generation
 
     model, tokenizer = load_for_generation(models.finetuned_source(str(folder)))

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from . import distributed
+from sft import distributed
 
 
 @dataclass

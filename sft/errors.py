@@ -20,7 +20,7 @@ def first_line(error: Exception) -> str:
 
 def _process_label() -> str:
     """'[process 3] ' in the other processes of a multi-GPU run (their errors print too: one may be theirs alone)."""
-    from .distributed import is_main_process, rank
+    from sft.distributed import is_main_process, rank
 
     return "" if is_main_process() else f"[process {rank()}] "
 

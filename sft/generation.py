@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import StoppingCriteria
 
-from .errors import UserError
+from sft.errors import UserError
 
 # Sampling divides the logits by the temperature: below this it overflows to inf, so such a temperature
 # means greedy decoding (as 0 does).
@@ -43,8 +43,8 @@ def load_for_generation(source):
     """(model in eval mode on the best device, tokenizer) from a models.ModelSource."""
     import torch
 
-    from .devices import best_device
-    from .models import load_model, load_tokenizer
+    from sft.devices import best_device
+    from sft.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype=torch.float32).to(best_device())

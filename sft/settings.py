@@ -14,7 +14,7 @@ import tokenize
 from pathlib import Path
 from types import SimpleNamespace
 
-from .errors import UserError
+from sft.errors import UserError
 
 # Settings that change how a run is controlled or logged, or where it is written, not what it learns: a
 # re-run or a resume may change them and still count as the same run.

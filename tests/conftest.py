@@ -78,7 +78,7 @@ def gpt2_tokenizer():
 @pytest.fixture
 def chat_tokenizer(gpt2_tokenizer):
     """A fresh GPT-2 tokenizer with the project's chat template installed."""
-    from sft.chat_format import install_chat_template
+    from sft.data.chat_format import install_chat_template
 
     tokenizer = make_gpt2_tokenizer()
     install_chat_template(tokenizer)
@@ -149,7 +149,7 @@ def chat_model_dir(tmp_path_factory):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sft.chat_format import install_chat_template
+    from sft.data.chat_format import install_chat_template
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("chat-model")

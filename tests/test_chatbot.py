@@ -6,10 +6,10 @@ import sys
 
 import pexpect
 import pytest
-
 from conftest import ROOT, run_script
-from sft import compare
+
 from sft.errors import UserError
+from sft.eval import compare
 from sft.generation import encode_prompts, fit_history
 
 EOT = "<|endoftext|>"
@@ -186,7 +186,8 @@ def test_exit_leaves(chat_model_dir):
 
 
 def test_reset_empties_the_history_the_model_sees(chat_model_dir, monkeypatch):
-    from sft import chat, generation, models
+    from sft import generation, models
+    from sft.serve import chat
 
     model, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
     seen, answer_once = [], chat.answer_once

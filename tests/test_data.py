@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from conftest import write_jsonl
-from sft import data
+
+from sft.data import load
 from sft.errors import UserError
 
 USER_Q = "What is the capital of France?"
@@ -13,9 +13,9 @@ ANSWER = "The capital of France is Paris."
 EXPECTED = [{"role": "user", "content": USER_Q}, {"role": "assistant", "content": ANSWER}]
 
 
-def load(path, num_train=10, eval_fraction=0.0, seed=0):
-    return data.load_chat_data(str(path), "train", num_train, eval_fraction, seed, offline=False,
-                               hub_available=lambda: pytest.fail("a local file must not ask the Hub"))
+def load_file(path, num_train=10, eval_fraction=0.0, seed=0):
+    return load.chat_dataset(str(path), "train", num_train, eval_fraction, seed, offline=False,
+                             hub_available=lambda: pytest.fail("a local file must not ask the Hub"))
 
 
 @pytest.mark.parametrize("record, format_name", [
@@ -28,7 +28,7 @@ def load(path, num_train=10, eval_fraction=0.0, seed=0):
     ({"text": f"### Human: {USER_Q}### Assistant: {ANSWER}"}, "guanaco-text"),
 ])
 def test_each_format_becomes_messages(tmp_path, record, format_name):
-    chats = load(write_jsonl(tmp_path / "one.jsonl", [record]))
+    chats = load_file(write_jsonl(tmp_path / "one.jsonl", [record]))
     assert chats.format == format_name
     assert chats.train == [EXPECTED]
 
@@ -37,13 +37,13 @@ def test_system_message_is_kept(tmp_path):
     system = {"role": "system", "content": "Answer briefly."}
     sharegpt = {"conversations": [{"from": "system", "value": "Answer briefly."},
                                   {"from": "human", "value": USER_Q}, {"from": "gpt", "value": ANSWER}]}
-    assert load(write_jsonl(tmp_path / "a.jsonl", [{"messages": [system, *EXPECTED]}])).train == [[system, *EXPECTED]]
-    assert load(write_jsonl(tmp_path / "b.jsonl", [sharegpt])).train == [[system, *EXPECTED]]
+    assert load_file(write_jsonl(tmp_path / "a.jsonl", [{"messages": [system, *EXPECTED]}])).train == [[system, *EXPECTED]]
+    assert load_file(write_jsonl(tmp_path / "b.jsonl", [sharegpt])).train == [[system, *EXPECTED]]
 
 
 def test_alpaca_and_dolly_append_input_and_context(tmp_path):
-    alpaca = load(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Translate.", "input": "Bonjour", "output": "Hello"}]))
-    dolly = load(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Summarise.", "context": "Long text.",
+    alpaca = load_file(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Translate.", "input": "Bonjour", "output": "Hello"}]))
+    dolly = load_file(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Summarise.", "context": "Long text.",
                                                       "response": "Short."}]))
     assert alpaca.train[0][0]["content"] == "Translate.\n\nBonjour"
     assert dolly.train[0][0]["content"] == "Summarise.\n\nLong text."
@@ -51,7 +51,7 @@ def test_alpaca_and_dolly_append_input_and_context(tmp_path):
 
 def test_guanaco_multi_turn(tmp_path):
     text = "### Human: Hi### Assistant: Hello!### Human: Bye### Assistant: Goodbye!"
-    chats = load(write_jsonl(tmp_path / "g.jsonl", [{"text": text}]))
+    chats = load_file(write_jsonl(tmp_path / "g.jsonl", [{"text": text}]))
     assert [m["role"] for m in chats.train[0]] == ["user", "assistant", "user", "assistant"]
     assert chats.train[0][3]["content"] == "Goodbye!"
 
@@ -66,8 +66,8 @@ def test_other_file_types_and_saved_datasets(tmp_path):
     table.save_to_disk(str(tmp_path / "saved"))
     datasets.DatasetDict({"train_sft": table}).save_to_disk(str(tmp_path / "saved_dict"))
     for name in ("d.parquet", "d.csv", "d.json", "saved"):
-        assert load(tmp_path / name).train == [EXPECTED], name
-    chats = data.load_chat_data(str(tmp_path / "saved_dict"), "train_sft", 10, 0.0, 0, False, lambda: False)
+        assert load_file(tmp_path / name).train == [EXPECTED], name
+    chats = load.chat_dataset(str(tmp_path / "saved_dict"), "train_sft", 10, 0.0, 0, False, lambda: False)
     assert chats.train == [EXPECTED] and chats.split == "train_sft"
 
 
@@ -88,7 +88,7 @@ def test_oasst_tree_keeps_best_ranked_path(tmp_path):
         oasst_row("r2", "r1", "assistant", "Other answer", rank=0),
         oasst_row("r3", "r2", "prompter", "Dangling question"),  # a chat ends with an answer
     ]
-    chats = load(write_jsonl(tmp_path / "oasst.jsonl", rows))
+    chats = load_file(write_jsonl(tmp_path / "oasst.jsonl", rows))
     assert chats.format == "oasst"
     contents = sorted([m["content"] for m in chat] for chat in chats.train)
     assert contents == [["Other root", "Other answer"],
@@ -100,43 +100,43 @@ def test_bad_record_names_file_and_record(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"messages": EXPECTED},
                                                 {"messages": [{"role": "wizard", "content": "hi"}]}])
     with pytest.raises(UserError) as error:
-        load(path)
+        load_file(path)
     assert "bad.jsonl" in str(error.value) and "record 1" in str(error.value) and "wizard" in str(error.value)
 
 
 def test_unknown_columns_are_refused(tmp_path):
     with pytest.raises(UserError) as error:
-        load(write_jsonl(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}]))
+        load_file(write_jsonl(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}]))
     assert "odd.jsonl" in str(error.value) and "question" in str(error.value) and "messages" in str(error.value)
 
 
 def test_missing_path_and_unsupported_type(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load(tmp_path / "nope.jsonl")
+        load_file(tmp_path / "nope.jsonl")
     (tmp_path / "chats.txt").write_text("hello")
     with pytest.raises(UserError, match="unsupported file type"):
-        load(tmp_path / "chats.txt")
+        load_file(tmp_path / "chats.txt")
 
 
 def test_sampling_is_seeded_and_eval_is_held_out(chats_jsonl):
-    first = load(chats_jsonl, num_train=20, eval_fraction=0.05, seed=1)
-    again = load(chats_jsonl, num_train=20, eval_fraction=0.05, seed=1)
-    other = load(chats_jsonl, num_train=20, eval_fraction=0.05, seed=2)
-    assert len(first.train) == 20 and len(first.eval) == data.MIN_EVAL_CONVERSATIONS
+    first = load_file(chats_jsonl, num_train=20, eval_fraction=0.05, seed=1)
+    again = load_file(chats_jsonl, num_train=20, eval_fraction=0.05, seed=1)
+    other = load_file(chats_jsonl, num_train=20, eval_fraction=0.05, seed=2)
+    assert len(first.train) == 20 and len(first.eval) == load.MIN_EVAL_CONVERSATIONS
     assert (first.train, first.eval) == (again.train, again.eval)
     assert first.train != other.train
     assert not {json.dumps(c) for c in first.train} & {json.dumps(c) for c in first.eval}
 
 
 def test_too_few_conversations_uses_all_with_notice(chats_jsonl):
-    chats = load(chats_jsonl, num_train=500, eval_fraction=0.05)
+    chats = load_file(chats_jsonl, num_train=500, eval_fraction=0.05)
     assert len(chats.train) + len(chats.eval) == 80 and len(chats.eval) >= 1
     assert any("only 80" in notice for notice in chats.notices)
 
 
 def test_offline_falls_back_to_the_kit_corpus():
-    chats = data.load_chat_data("HuggingFaceH4/ultrachat_200k", "train_sft", 50, 0.02, 0, offline=False,
-                                hub_available=lambda: False)
+    chats = load.chat_dataset("HuggingFaceH4/ultrachat_200k", "train_sft", 50, 0.02, 0, offline=False,
+                              hub_available=lambda: False)
     assert chats.source == "offline-kit" and len(chats.train) == 50 and len(chats.eval) == 32
     assert any("unreachable and HuggingFaceH4/ultrachat_200k is not in the local cache" in n for n in chats.notices)
     assert chats.train[0][0]["role"] == "user" and chats.train[0][1]["role"] == "assistant"

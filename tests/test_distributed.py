@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 
 def free_port() -> int:

@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
-
 from conftest import QA, ROOT, run_script, write_jsonl
-from sft import preferences
+
+from sft.data import preferences
 from sft.errors import UserError
-from sft.metadata import METADATA_FILE
+from sft.train.metadata import METADATA_FILE
 
 
 def dpo_args(sft_dir, out_dir, *extra):
@@ -74,12 +74,12 @@ def test_every_accepted_shape_becomes_the_same_conversational_pair():
     ({"prompt": [{"role": "human", "content": "Hi?"}], "chosen": "A.", "rejected": "B."}, "roles system, user"),
 ])
 def test_a_malformed_pair_is_refused(record, message):
-    with pytest.raises(preferences.data.RecordError, match=message):
+    with pytest.raises(preferences.load.RecordError, match=message):
         preferences.to_pair(record)
 
 
 def test_pairs_that_teach_nothing_or_touch_the_evaluation_are_dropped():
-    from sft.ifeval import prompts
+    from sft.eval.ifeval import prompts
 
     ifeval_prompt = prompts(1)[0]["prompt"]
     pair = preferences.to_pair({"prompt": "What is 2 plus 2?", "chosen": "4.", "rejected": "5."})
@@ -145,7 +145,7 @@ def test_the_dpo_model_reloads_and_chats_through_the_same_template(dpo_run):
 
 
 def test_compare_and_eval_put_the_dpo_model_beside_its_sft_model(dpo_run, quick_run):
-    from sft.evaluate import held_out_chats
+    from sft.eval.evaluate import held_out_chats
 
     out_dir, _ = dpo_run
     sft_dir, _ = quick_run
@@ -167,7 +167,6 @@ def test_compare_and_eval_put_the_dpo_model_beside_its_sft_model(dpo_run, quick_
 
 def test_the_browser_chat_serves_sft_and_dpo_under_their_names(dpo_run):
     import httpx
-
     from test_web import start_server, stop_server
 
     out_dir, _ = dpo_run

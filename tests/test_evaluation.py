@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from conftest import run_script
-from sft import ifeval
+
+from sft.eval import ifeval
 
 
 def item(instruction: str, **kwargs) -> dict:

@@ -2,7 +2,7 @@
 
 Each case runs the real scripts on the tiny model. Faults the machine cannot produce on demand (a full
 disk, CUDA out of memory) are injected into the real pipeline in-process, at the library call that
-would fail. Every message a case checks is also in the README's Troubleshooting table.
+would fail. Every message a case checks is also in docs/troubleshooting.md.
 """
 
 import errno
@@ -14,21 +14,21 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, quick_args, run_script
 
 import train_chatbot
-from conftest import ROOT, quick_args, run_script
-from sft.checkpoints import step_of
-from sft.metadata import METADATA_FILE
+from sft.train.checkpoints import step_of
+from sft.train.metadata import METADATA_FILE
 
-TROUBLESHOOTING = (ROOT / "README.md").read_text().split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
 
 
 def assert_clean_failure(result, message, documented=None, code=2):
-    """The exit code, the message (documented in the README, maybe with placeholders), and no traceback."""
+    """The exit code, the message (documented in docs/troubleshooting.md, maybe with placeholders), and no traceback."""
     assert result.returncode == code, result.stdout[-2000:] + result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     documented = documented or message
-    assert documented in TROUBLESHOOTING, f"README Troubleshooting lacks {documented!r}"
+    assert documented in TROUBLESHOOTING, f"docs/troubleshooting.md lacks {documented!r}"
 
 
 def leftovers(folder):
@@ -526,7 +526,8 @@ def test_qlora_without_bitsandbytes_says_how_to_install_it(tiny_gpt2_dir, chats_
     """On a CUDA machine (the device check answers so) without the bitsandbytes package."""
     import importlib.util
 
-    from sft import devices, run
+    from sft import devices
+    from sft.train import run
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(run, "pick_device", lambda: devices.Device("cuda", "cuda (a GPU)", "bf16"))

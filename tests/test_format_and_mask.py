@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 from conftest import gpt2_merges, make_gpt2_tokenizer
-from sft import chat_format, masking, token_cache
-from sft.masking import IGNORE_INDEX
+
+from sft.data import chat_format, masking, token_cache
+from sft.data.masking import IGNORE_INDEX
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -52,9 +53,9 @@ def test_only_answers_and_their_end_of_text_are_trained(chat_tokenizer):
 
 def test_labels_keep_end_of_text_although_it_is_the_pad_token(chat_tokenizer, tiny_gpt2_dir, tmp_path):
     """GPT-2 pads with end-of-text; labels must be masked by position, never by pad id."""
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
-    from datasets import Dataset
 
     assert chat_tokenizer.pad_token_id == EOT_ID
     short, long = masking.encode_chat(chat_tokenizer, CHAT[:2]), masking.encode_chat(chat_tokenizer, CHAT)

@@ -5,7 +5,8 @@ import json
 import shutil
 
 from conftest import run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -4,9 +4,9 @@ adapter alone, and base + adapter gives the merged model's logits."""
 import json
 
 import pytest
-
 from conftest import quick_args, run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def qlora_run(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
     """--qlora through the real code path. bitsandbytes 0.50 also runs 4-bit layers on the CPU (slowly), so
     only the GPU check is bypassed; the loads are recorded to see what was 4-bit."""
     import train_chatbot
-    from sft import models, preflight
+    from sft import models
+    from sft.train import preflight
 
     out_dir = tmp_path_factory.mktemp("qlora") / "out"
     loads, load_model = [], models.load_model

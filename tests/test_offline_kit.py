@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from conftest import run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ starts every text with <bos> and closes with <eos>, as Llama's does."""
 import json
 
 import pytest
-
 from conftest import make_gpt2_tokenizer, quick_args, run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 
 def tiny_gpt_neox(kit_model_dir):  # GPT-2's tokenizer, which has no pad token

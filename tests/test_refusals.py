@@ -1,15 +1,15 @@
 """Runs that cannot end well are refused at the start: one writer per output folder, enough disk, enough
-memory. Each case runs the real scripts on the tiny model; its message is in the README's Troubleshooting."""
+memory. Each case runs the real scripts on the tiny model; its message is in docs/troubleshooting.md."""
 
 import json
 import os
 import subprocess
 
 import pytest
-
 from conftest import quick_args, run_script
-from sft.metadata import METADATA_FILE
 from test_faults import assert_clean_failure, leftovers, quick_test_in_process, start_quick_test
+
+from sft.train.metadata import METADATA_FILE
 
 
 def wait_for_training(process) -> None:
@@ -97,7 +97,7 @@ def test_the_memory_estimate_is_within_30_percent_of_the_measured_peak(tmp_path,
 
 def test_a_run_far_over_the_memory_is_refused_with_the_remedies(tiny_gpt2_dir, chats_jsonl, tmp_path, monkeypatch,
                                                                 capsys):
-    from sft import estimates
+    from sft.train import estimates
 
     monkeypatch.setattr(estimates, "available_memory", lambda device_kind: 2**28)  # 256 MiB left on this machine
     out_dir = tmp_path / "out"

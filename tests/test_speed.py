@@ -8,14 +8,16 @@ import sys
 
 import pytest
 import torch
+from conftest import QA, ROOT
 
 import train_chatbot
-from conftest import QA, ROOT
-from sft import models, settings, token_cache
+from sft import models, settings
+from sft.data import token_cache
+from sft.data.masking import IGNORE_INDEX
 from sft.devices import Device
-from sft.masking import IGNORE_INDEX
-from sft.run import Run
-from sft.trainer import SFTTrainer as FastSFTTrainer, sft_config
+from sft.train.run import Run
+from sft.train.trainer import SFTTrainer as FastSFTTrainer
+from sft.train.trainer import sft_config
 
 CHATS = [[{"role": "user", "content": f"{q} ({i})"}, {"role": "assistant", "content": a * (1 + i % 3)}]
          for i, (q, a) in enumerate(QA * 4)]
@@ -49,7 +51,7 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
                                                                    rows_per_chunk):
     from trl import SFTTrainer
 
-    from sft import label_only_loss
+    from sft.train import label_only_loss
 
     if rows_per_chunk:
         monkeypatch.setattr(label_only_loss, "CHUNK_LOGITS", rows_per_chunk * chat_tokenizer.vocab_size)
@@ -78,7 +80,7 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
 
 def test_compiled_blocks_give_the_same_loss_and_gradients(chat_tokenizer, tmp_path):
     """--compile: every block compiled in place, through the label-only head, batches of two lengths."""
-    from sft.trainer import compile_blocks
+    from sft.train.trainer import compile_blocks
 
     eager_model = tiny_model()
     compiled_model = copy.deepcopy(eager_model)

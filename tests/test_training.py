@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import quick_args, run_script
-from sft.metadata import METADATA_FILE
+
+from sft.train.metadata import METADATA_FILE
 
 TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learning_rate", "model_parameters"]
 
@@ -182,6 +182,7 @@ def test_every_constant_is_a_flag_whose_help_is_its_comment(module, script):
     import importlib
 
     from conftest import ROOT
+
     from sft import settings
 
     constants = settings.constants(vars(importlib.import_module(module)))
@@ -191,16 +192,3 @@ def test_every_constant_is_a_flag_whose_help_is_its_comment(module, script):
     for name, comment in helps.items():
         flag = "--" + name.lower().replace("_", "-")
         assert flag in help_text and " ".join(comment.split())[:30] in help_text, name
-
-
-@pytest.mark.parametrize("module, header", [("train_chatbot", "| constant / flag | default | meaning |"),
-                                            ("train_dpo", "| DPO constant / flag | default | meaning |")])
-def test_the_readme_table_lists_every_setting(module, header):
-    import importlib
-
-    from conftest import ROOT
-    from sft import settings
-
-    table = (ROOT / "README.md").read_text().split(header, 1)[1].split("\n\n", 1)[0]
-    for name in settings.constants(vars(importlib.import_module(module))):
-        assert f"`{name}`" in table, name

@@ -24,7 +24,7 @@ def live(chat_model_dir):
     """(address, the server, its log lines): both models are the random GPT-2, one waiting request each."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.web import ChatServer
+    from sft.serve.web import ChatServer
 
     tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
     models = {name: AutoModelForCausalLM.from_pretrained(chat_model_dir).eval() for name in ("base", "fine-tuned")}
@@ -286,7 +286,7 @@ def test_a_waiting_request_whose_client_left_never_runs(live):
 def test_an_api_key_is_required_when_set_and_ipv6_loopback_is_served(chat_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.web import ChatServer
+    from sft.serve.web import ChatServer
 
     try:
         socket.socket(socket.AF_INET6).bind(("::1", 0))
@@ -314,7 +314,7 @@ def test_the_page_asks_for_the_api_key_in_chromium(chat_model_dir, browser):
     from selenium.webdriver.support.ui import WebDriverWait
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.web import ChatServer
+    from sft.serve.web import ChatServer
 
     tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
     model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()

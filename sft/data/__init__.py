@@ -1,0 +1,1 @@
+"""Data: load chats in any format, the chat template, the label mask, tokenized chats cached, DPO pairs."""

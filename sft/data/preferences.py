@@ -1,0 +1,250 @@
+"""Preference pairs for DPO: a prompt, the answer to prefer (chosen) and one to avoid (rejected), as messages.
+
+    {"prompt":   [{"role": "user", "content": "How many legs does a spider have?"}],
+     "chosen":   [{"role": "assistant", "content": "A spider has eight legs."}],
+     "rejected": [{"role": "assistant", "content": "1"}]}
+
+This is TRL's conversational preference format: DPOTrainer renders each part with the SFT model's chat
+template, so the pairs are trained in exactly the format the chatbot answers in. Where pairs come from:
+
+    a Hub dataset    HuggingFaceH4/ultrafeedback_binarized (the default; split train_prefs): prompts with a
+                     higher- and a lower-rated answer, rated by GPT-4 (the zephyr recipe's DPO data)
+    a local file     prompt/chosen/rejected columns, each as plain text or as messages; chosen and rejected
+                     may also be whole conversations that start with the prompt (.jsonl/.json/.parquet/.csv)
+    self-generated   no Hub (the kit, or --offline): the kit's chats, chosen = the corpus answer, rejected =
+                     the SFT model's own sampled answer to the same request, generated once and cached. DPO
+                     then pushes the model from what it says now towards what its teacher said (SPIN's
+                     recipe: Chen et al., 2024, "Self-Play Fine-Tuning").
+
+Pairs whose prompt shares 8 words in a row with an IFEval prompt are dropped (the evaluation scores on
+those), as are pairs whose chosen and rejected answers are the same.
+"""
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sft.data import kit, load
+from sft.errors import UserError, first_line
+from sft.offline_kit import cache_dir
+
+SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also their name in the metadata)
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+ROLES = ("system", "user", "assistant")  # what the chat template renders
+GENERATION_BATCH = 8  # answers generated together on a CPU (64 on a GPU)
+
+Messages = list[dict]
+
+
+@dataclass
+class PairData:
+    train: list[dict]  # {"prompt": messages, "chosen": messages, "rejected": messages}
+    eval: list[dict]
+    source: str  # "hub", "local" or "offline-kit"
+    name: str  # what was loaded
+    split: str
+    rejected_from: str  # who wrote the rejected answers
+    notices: list[str] = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)  # why pairs were left out -> how many
+
+
+# --- one record -> a pair ------------------------------------------------------------------------
+def as_messages(value, role: str, what: str) -> Messages:
+    """Plain text becomes one message of `role`; a list of {role, content} messages is checked and kept."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                  and m.get("role") in ROLES for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise load.RecordError(f"{what} must be text or a list of {{role, content}} messages with text content and "
+                           f"roles {', '.join(ROLES)}")
+
+
+def to_pair(record: dict) -> dict:
+    """A record with prompt/chosen/rejected (text or messages) as a conversational pair. Chosen and rejected may
+    repeat the prompt in front of the answer (UltraFeedback does): that part is cut off."""
+    missing = [name for name in PAIR_FIELDS if record.get(name) in (None, "", [])]
+    if missing:
+        raise load.RecordError(f"missing or empty {', '.join(missing)}")
+    prompt = as_messages(record["prompt"], "user", "prompt")
+    pair = {"prompt": prompt}
+    for side in ("chosen", "rejected"):
+        answer = as_messages(record[side], "assistant", side)
+        if answer[:len(prompt)] == prompt:
+            answer = answer[len(prompt):]
+        if not answer or any(m["role"] != "assistant" for m in answer) or not answer[-1]["content"].strip():
+            raise load.RecordError(f"{side} must be the assistant's answer alone, or the prompt followed by it")
+        pair[side] = answer
+    if prompt[-1]["role"] != "user":
+        raise load.RecordError("the prompt must end with a user message")
+    return pair
+
+
+def sample_pairs(table, num_train: int, num_eval: int, seed: int, name: str) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) pairs from the records of `table` in a seeded order, the first `num_eval` held out. Only
+    the records needed are converted (UltraFeedback has 61k)."""
+    order = list(range(len(table)))
+    random.Random(seed).shuffle(order)
+    num_eval = min(num_eval, len(order) // 2)
+    pairs = []
+    for index in order[:num_eval + num_train]:
+        try:
+            pairs.append(to_pair(table[index]))
+        except load.RecordError as error:
+            raise UserError(f"{name}, record {index + 1}: {error}. Each record needs prompt, chosen and rejected, "
+                            "each as text or as a list of {role, content} messages (see README: your own "
+                            "data)") from None
+    return pairs[num_eval:], pairs[:num_eval]
+
+
+def keep_pairs(pairs: list[dict], name: str, required: bool = True) -> tuple[list[dict], dict]:
+    """The pairs DPO can learn from and that do not touch the evaluation: (kept, {reason: how many dropped}).
+    `required`: none kept is an error (for the training pairs; held-out ones may run out)."""
+    from sft.eval.ifeval import prompts as ifeval_prompts
+
+    ifeval_runs = set().union(*(kit.word_runs(item["prompt"]) for item in ifeval_prompts(None)))
+    kept, dropped = [], {"chosen equals rejected": 0, "prompt overlaps IFEval": 0}
+    for pair in pairs:
+        if pair["chosen"] == pair["rejected"]:
+            dropped["chosen equals rejected"] += 1
+        elif any(kit.word_runs(m["content"]) & ifeval_runs for m in pair["prompt"]):
+            dropped["prompt overlaps IFEval"] += 1
+        else:
+            kept.append(pair)
+    if not kept and required:
+        reasons = ", ".join(f"{n} dropped: {why}" for why, n in dropped.items() if n) or "none were read"
+        raise UserError(f"{name}: no usable pair to train on ({reasons}). Chosen and rejected must differ for DPO to "
+                        "learn anything, and no prompt may come from IFEval (the evaluation scores on those)")
+    return kept, dropped
+
+
+# --- where pairs come from -----------------------------------------------------------------------
+def read_pair_records(name: str, split: str, offline: bool, hub_available) -> tuple:
+    """(table, source, split) of a local file or a Hub dataset; (None, ...) when the Hub is out of reach."""
+    path = Path(name).expanduser()
+    if path.exists():
+        table, split = load.read_local(path, split)
+        return table, "local", split
+    if load.looks_like_path(name):
+        raise UserError(f"pairs file {name} does not exist: check the path, or pass a Hub dataset name")
+    table = load.read_hub_cache(name, split) if offline or not hub_available() else None
+    if table is None and not offline and hub_available():
+        try:
+            table = load.read_hub(name, split)
+        except Exception as error:
+            raise UserError(f"could not load pairs {name!r} (split {split!r}) from the Hub: {first_line(error)}") \
+                from None
+    return table, "hub", split
+
+
+def load_pairs(s, model, tokenizer, hub_available) -> PairData:
+    """NUM_PAIRS pairs to train on and EVAL_PAIRS held out, from PAIRS; self-generated ones when PAIRS is
+    self-generated or the Hub is out of reach. Prints what was loaded, and why if it is not what was asked."""
+    from sft.console import banner
+
+    notices, records = [], None
+    if s.pairs != SELF_GENERATED:
+        records, source, split = read_pair_records(s.pairs, s.pairs_split, s.offline, hub_available)
+        if records is None:
+            why = "--offline" if s.offline else "The Hub is unreachable"
+            notices.append(f"{why} and {s.pairs} is not in the local cache: building pairs from the offline kit's "
+                           f"chats instead ({SELF_GENERATED}).")
+    if records is None:
+        pairs = self_generated_pairs(s, model, tokenizer, notices)
+    else:
+        train, held_out = sample_pairs(records, s.num_pairs, s.eval_pairs, s.seed, s.pairs)
+        pairs = PairData(train, held_out, source, s.pairs, split, "the dataset", notices)
+    pairs.train, pairs.dropped = keep_pairs(pairs.train, pairs.name)
+    pairs.eval, eval_dropped = keep_pairs(pairs.eval, pairs.name, required=False)
+    pairs.dropped = {why: n + eval_dropped[why] for why, n in pairs.dropped.items()}  # training and held-out
+    for notice in pairs.notices:
+        banner(("OFFLINE: " if pairs.source == "offline-kit" else "NOTE: ") + notice)
+    dropped = ", ".join(f"{n} dropped: {why}" for why, n in pairs.dropped.items() if n)
+    print(f"\nPairs: {pairs.name} [from {pairs.source}]: {len(pairs.train)} to train on, {len(pairs.eval)} held out"
+          f"{f' ({dropped})' if dropped else ''}. Rejected answers: {pairs.rejected_from}.")
+    return pairs
+
+
+# --- self-generated pairs (offline) --------------------------------------------------------------
+def self_generated_pairs(s, model, tokenizer, notices: list[str]) -> PairData:
+    """The kit's chats as pairs: the corpus answer chosen, the SFT model's own sampled answer rejected. Training
+    pairs come from the kit's pool, held-out pairs from its test split (never trained on by SFT or DPO)."""
+    pool, test = kit.sharegpt_exchanges()
+    random.Random(s.seed).shuffle(pool)
+    random.Random(s.seed).shuffle(test)
+    if s.num_pairs > len(pool):
+        notices.append(f"{kit.SHAREGPT} has {len(pool)} training conversations: {len(pool)} pairs, not "
+                       f"{s.num_pairs}.")
+    chats = pool[:s.num_pairs] + test[:min(s.eval_pairs, len(test))]
+    rejected = sft_answers(s, model, tokenizer, [chat[:-1] for chat in chats])
+    pairs = [{"prompt": chat[:-1], "chosen": chat[-1:], "rejected": [{"role": "assistant", "content": answer}]}
+             for chat, answer in zip(chats, rejected)]
+    train = pairs[:min(s.num_pairs, len(pool))]
+    return PairData(train, pairs[len(train):], "offline-kit", SELF_GENERATED, "-",
+                    f"the SFT model's own (sampled at temperature {s.rejected_temperature:g}, top-p 0.9, up to "
+                    f"{s.rejected_max_new_tokens} tokens); chosen: the corpus answers ({kit.SHAREGPT})", notices)
+
+
+def sft_answers(s, model, tokenizer, prompts: list[Messages]) -> list[str]:
+    """The model's sampled answer to each prompt, from the cache when these prompts were answered before by the
+    same model folder with the same settings; generated (with a progress bar) and cached otherwise. An answer
+    cut at the token limit is kept as it is: the chat template closes it with end-of-text like any other."""
+    cached = answers_cache(s, prompts)
+    if cached.exists():
+        print(f"Rejected answers: the SFT model's, read from {cached}.")
+        return json.loads(cached.read_text(encoding="utf-8"))
+    answers = generate(model, tokenizer, prompts, s)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(answers), encoding="utf-8")
+    staging.replace(cached)  # whole or absent
+    return answers
+
+
+def answers_cache(s, prompts: list[Messages]) -> Path:
+    """The cache file for these prompts answered by this SFT folder's weights (their size and time) this way."""
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(s.sft_model).glob("*.safetensors"))
+    key = json.dumps([str(Path(s.sft_model).resolve()), weights, prompts, s.rejected_max_new_tokens,
+                      s.rejected_temperature, s.seed])
+    return cache_dir() / "dpo-rejected" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def generate(model, tokenizer, prompts: list[Messages], s) -> list[str]:
+    from tqdm.auto import tqdm
+
+    from sft.generation import Decoding, generate_batch
+
+    batch = 64 if model.device.type == "cuda" else GENERATION_BATCH
+    decoding = Decoding(max_new_tokens=s.rejected_max_new_tokens, sample=True, temperature=s.rejected_temperature,
+                        top_p=0.9, seed=s.seed)  # as in the chat: what users see
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    answers = []
+    for start in tqdm(range(0, len(prompts), batch), desc="The SFT model answers (rejected side)", unit="batch"):
+        rows, _ = generate_batch(model, tokenizer, prompts[start:start + batch], decoding, seed=s.seed + start)
+        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    model.train(was_training)
+    tokenizer.padding_side = padding_side  # the saved tokenizer keeps its own
+    return answers
+
+
+def as_dataset(pairs: list[dict]):
+    """The pairs as a datasets.Dataset, as DPOTrainer takes them."""
+    import datasets
+
+    return datasets.Dataset.from_list(pairs)
+
+
+def token_stats(tokenized, max_length: int) -> dict:
+    """Tokens through the model per pass over the pairs, as DPOTrainer tokenized and will cut them (chosen and
+    rejected both carry the prompt): for the CPU time estimate. DPOTrainer leaves out pairs whose prompt alone
+    fills max_length; none left is refused here."""
+    if len(tokenized) == 0:
+        raise UserError(f"every pair's prompt is at least --max-length {max_length} tokens long, so DPO has no "
+                        "answer to learn from: raise --max-length (up to the model's context window)")
+    tokens = sum(min(len(p) + len(c), max_length) + min(len(p) + len(r), max_length) for p, c, r in
+                 zip(tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"]))
+    return {"tokens": tokens}

@@ -1,0 +1,1 @@
+"""Evaluate: compare base and fine-tuned models, IFEval, the report card."""

@@ -1,0 +1,1 @@
+"""Serve: chat in the terminal and in the browser (an OpenAI-compatible API)."""

@@ -1,0 +1,135 @@
+"""training_metadata.json: what was trained, from what, with what result, on what machine.
+
+    base_model, dataset, num_samples, num_epochs,    the tutorial's six fields (num_samples: chats trained
+    learning_rate, model_parameters                  on, after any too long for max_length were dropped)
+    stage                                            "sft" (train_chatbot.py) or "dpo" (train_dpo.py)
+    base_model_source, base_model_path               "hub", "local" or "offline-kit"; what from_pretrained loaded
+    data        where the chats came from, how many were held out, dropped or cut, trained tokens per epoch
+    lora        rank, alpha, layers, trainable parameters (None: every weight was trained)
+    results     steps, epochs, losses (mean cross-entropy per trained token; DPO: its loss per pair, and the
+                held-out preference accuracy and rewards), tokens, times
+    environment device, precision, processes, library versions, date
+    settings    every setting of the run, as on the command line (used to recognise the same run)
+
+describe() builds it from the run's parts (describe_dpo(): a DPO run's, whose "base" is its SFT model, with
+beta, the pairs and the held-out preference accuracy); save.py writes it; test_chatbot.py reads it back to
+find the base model a fine-tuned folder came from.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import time
+from pathlib import Path
+
+from sft.train import checkpoints
+from sft.train.estimates import GIB, peak_memory
+from sft.train.lora import base_parameters, lora_summary
+
+METADATA_FILE = "training_metadata.json"
+LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "peft")
+
+
+def describe(run, trainer, source, chats, token_stats: dict) -> dict:
+    s = run.settings
+    return {
+        "base_model": source.name,
+        "dataset": chats.name,
+        "num_samples": len(trainer.train_dataset),
+        "num_epochs": s.num_epochs,
+        "learning_rate": s.learning_rate,
+        "model_parameters": base_parameters(trainer.model),
+        "stage": "sft",
+        "base_model_source": source.kind,
+        "base_model_path": source.path,
+        "data": {"source": chats.source, "split": chats.split, "format": chats.format,
+                 "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                 "conversations_dropped": token_stats["dropped"],  # first answer did not fit max_length
+                 "conversations_truncated": token_stats["truncated"],  # later turns cut at a turn boundary
+                 "trained_tokens_per_epoch": token_stats["trained_tokens"]},
+        "lora": lora_summary(trainer.model, s),
+        "results": results(run, trainer),
+        "environment": environment(run),
+        "settings": vars(s),
+    }
+
+
+def describe_dpo(run, trainer, sft, pairs) -> dict:
+    """The DPO run's record: the same fields, its stage "dpo", the SFT model it started from (its "base", so that
+    test_chatbot.py compares SFT with DPO), beta, the pairs and DPO's own results."""
+    s, sft_record = run.settings, read_metadata(sft.path) or {}
+    return {
+        "base_model": sft.name,  # the SFT folder: compare and eval put DPO beside it
+        "dataset": pairs.name,
+        "num_samples": len(trainer.train_dataset),  # pairs trained on
+        "num_epochs": s.num_epochs,
+        "learning_rate": s.learning_rate,
+        "model_parameters": base_parameters(trainer.model),
+        "stage": "dpo",
+        "base_model_source": "local",
+        "base_model_path": str(Path(sft.path).resolve()),
+        "sft_model": {"path": str(Path(sft.path).resolve()), "base_model": sft_record.get("base_model"),
+                      "dataset": sft_record.get("dataset"), "stage": sft_record.get("stage")},
+        "beta": s.beta,
+        "data": {"source": pairs.source, "split": pairs.split, "format": "preference pairs (prompt, chosen, rejected)",
+                 "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                 "rejected_from": pairs.rejected_from, "pairs_dropped": pairs.dropped},
+        "lora": lora_summary(trainer.model, s),
+        "results": {**results(run, trainer), **dpo_results(trainer.state.log_history)},
+        "environment": environment(run),
+        "settings": vars(s),
+    }
+
+
+def dpo_results(history: list[dict]) -> dict:
+    """Preference accuracy and rewards on the held-out pairs after training (before it, the model is its own
+    reference: every reward is 0, the loss ln 2)."""
+    evals = [entry for entry in history if "eval_rewards/accuracies" in entry]
+    after = evals[-1] if len(evals) > 1 else {}
+    return {"eval_preference_accuracy": after.get("eval_rewards/accuracies"),
+            "eval_reward_margin": after.get("eval_rewards/margins"),
+            "eval_reward_chosen": after.get("eval_rewards/chosen"),
+            "eval_reward_rejected": after.get("eval_rewards/rejected")}
+
+
+def environment(run) -> dict:
+    return {"device": run.device.name, "precision": run.device.precision, "num_processes": run.processes,
+            "library_versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def results(run, trainer) -> dict:
+    """What training did, from the Trainer's state and log; after a resume, the whole run's totals."""
+    state, history = trainer.state, trainer.state.log_history
+    evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    tokens = int(state.num_input_tokens_seen)
+    tokens_before = 0 if run.resume_from is None else json.loads(
+        (run.resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+    train_seconds = next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), 0.0)
+    return {
+        "optimizer_steps": state.global_step,
+        "effective_batch_size": run.settings.effective_batch_size * run.processes,  # chats per step, all processes
+        "epochs_completed": round(state.epoch or 0, 4),
+        "final_train_loss": next((entry["loss"] for entry in reversed(history) if "loss" in entry), None),
+        "eval_loss_before": evals[0] if evals else None,
+        "eval_loss": evals[-1] if len(evals) > 1 else None,
+        "tokens_processed": tokens,  # non-padding tokens through the model while training (the whole run)
+        "resumed_from_step": checkpoints.step_of(run.resume_from) if run.resume_from else None,
+        "train_seconds": round(train_seconds, 2),  # of this session (since the resume, if any)
+        "tokens_per_second": round((tokens - tokens_before) / train_seconds, 1) if train_seconds else 0.0,
+        "total_seconds": round(time.time() - run.started, 2),  # loading, tokenizing, training (not saving)
+        "peak_memory_gib": round(peak_memory(run.device.kind) / GIB, 2),  # since the measured batch (CUDA: on the GPU)
+        "peak_memory_estimate_gib": round(run.peak_estimate / GIB, 2) if run.peak_estimate else None,
+    }
+
+
+def write_metadata(record: dict, folder: Path) -> None:
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_metadata(folder: Path) -> dict | None:
+    """The metadata of a model folder this project wrote, or None if it has none (or it is unreadable)."""
+    try:
+        return json.loads((Path(folder) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
