@@ -13,8 +13,10 @@ MAX_STEPS = 20
 # 20 steps of 5 chats = one pass over the 100 chats, small enough to finish in minutes on a laptop CPU.
 BATCH_SIZE = 5
 GRADIENT_ACCUMULATION_STEPS = 1
+FREEZE_EMBEDDINGS = True  # 1.5x faster steps on the kit with the same held-out loss (BENCHMARKS.md)
 OUTPUT_DIR = "./chatbot-test"
 
 if __name__ == "__main__":
     train_chatbot.main(NUM_TRAIN_SAMPLES=NUM_TRAIN_SAMPLES, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE,
-                       GRADIENT_ACCUMULATION_STEPS=GRADIENT_ACCUMULATION_STEPS, OUTPUT_DIR=OUTPUT_DIR)
+                       GRADIENT_ACCUMULATION_STEPS=GRADIENT_ACCUMULATION_STEPS, OUTPUT_DIR=OUTPUT_DIR,
+                       FREEZE_EMBEDDINGS=FREEZE_EMBEDDINGS)

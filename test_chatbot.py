@@ -21,7 +21,7 @@ from pathlib import Path
 from sft import models
 from sft.console import quiet_library_chatter
 from sft.data.chat_format import install_chat_template
-from sft.devices import pick_device
+from sft.devices import PRECISIONS, pick_device
 from sft.errors import exit_on_user_error
 from sft.eval import compare, evaluate, ifeval, report_card
 from sft.generation import Decoding, answer_once, check_prompt_lengths, load_for_generation
@@ -34,6 +34,7 @@ MAX_NEW_TOKENS = 150  # answer length limit in compare and chat; eval mode allow
 TEMPERATURE = 0.7
 TOP_P = 0.9
 SEED = 42
+BATCH_SIZE = 32  # prompts generated together in compare and eval (64 on a GPU); fewer if memory runs short
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="with --sample")
     parser.add_argument("--top-p", type=float, default=TOP_P, help="with --sample")
     parser.add_argument("--seed", type=int, default=SEED, help="with --sample: the random seed")
+    parser.add_argument("--batch-size", type=int, help=f"compare and eval: prompts generated together "
+                        f"(default: {BATCH_SIZE}, 64 on a GPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="the weights' precision: auto "
+                        "is bf16 where the device computes in it natively (recent GPUs and CPUs), else fp32")
     parser.add_argument("--cut-at-role", action="store_true",
                         help="compare: cut answers at the first new User:/Assistant: line")
     parser.add_argument("--offline", action="store_true", help="never ask the Hub (use the offline kit)")
@@ -74,11 +79,11 @@ def load_contenders(args):
     if metadata is None:  # the tutorial's "test without training": the base model alone
         print(f"No fine-tuned model in {args.model}: showing the base model alone.\n"
               "Train one with: python quick_test.py (minutes) or python train_chatbot.py (full run).")
-        base, tokenizer = load_for_generation(models.find_base_model(args.base_model, args.offline))
+        base, tokenizer = load_for_generation(models.find_base_model(args.base_model, args.offline), args.precision)
         install_chat_template(tokenizer)
         return {"base": base}, tokenizer, None
-    tuned, tokenizer = load_for_generation(models.finetuned_source(args.model))
-    base, _ = load_for_generation(models.base_source_from_metadata(metadata))  # a DPO folder's: its SFT model
+    tuned, tokenizer = load_for_generation(models.finetuned_source(args.model), args.precision)
+    base, _ = load_for_generation(models.base_source_from_metadata(metadata), args.precision)  # DPO: its SFT model
     before, after = compare.contender_names(metadata)
     return {before: base, after: tuned}, tokenizer, metadata
 
@@ -103,7 +108,7 @@ def run_compare(args, decoding):
 def run_eval(args, decoding):
     if not Path(args.model).expanduser().is_dir():  # a folder without metadata evaluates its base model alone
         models.finetuned_source(args.model)  # refuses, saying how to train one
-    device = pick_device()
+    device = pick_device(args.precision)
     limit = args.limit if args.limit is not None else (None if device.kind == "cuda" else evaluate.CPU_PROMPTS)
     items = ifeval.prompts(limit)  # refuses a bad --limit before any model is loaded
     if args.limit is None and limit is not None:
@@ -119,7 +124,8 @@ def run_eval(args, decoding):
     if metadata is not None:
         about = {"prompts": len(items), "of": ifeval.NUM_PROMPTS, "max_new_tokens": decoding.max_new_tokens,
                  "subset": "all" if len(items) == ifeval.NUM_PROMPTS else "prompt i x 541 // N of the file",
-                 "sentence_splitter": ifeval.SENTENCE_SPLITTER, "machine": device.name, "seconds": results["seconds"]}
+                 "sentence_splitter": ifeval.SENTENCE_SPLITTER, "machine": device.name, "precision": device.precision,
+                 "batch_size": decoding.batch_size, "seconds": results["seconds"]}
         report_card.write(Path(args.model), metadata, items, results, about)
         print(f"\nReport card written to {Path(args.model) / report_card.REPORT_MD} (with {report_card.REPORT_JSON} "
               f"and {report_card.REPORT_PNG}).")
@@ -156,7 +162,7 @@ def run_web(args, decoding):
 
 
 def run_chat(args, decoding):
-    model, tokenizer = load_for_generation(models.finetuned_source(args.model))
+    model, tokenizer = load_for_generation(models.finetuned_source(args.model), args.precision)
     window = models.context_window(model) or 2048
     if args.prompt is not None:  # one answer, printed whole: for scripts
         print(answer_once(model, tokenizer, [{"role": "user", "content": args.prompt}], decoding, window,
@@ -172,7 +178,7 @@ def main(argv=None):
     default_length = evaluate.MAX_NEW_TOKENS if args.mode == "eval" and args.prompt is None else MAX_NEW_TOKENS
     decoding = Decoding(max_new_tokens=args.max_new_tokens or default_length, sample=args.sample,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                        batch_size=64 if pick_device().kind == "cuda" else 8)  # prompts generated together
+                        batch_size=args.batch_size or (64 if pick_device().kind == "cuda" else BATCH_SIZE))
     if args.prompt is not None or args.mode == "interactive":
         run_chat(args, decoding)
     elif args.mode == "eval":

@@ -41,6 +41,8 @@ BATCH_SIZE = 4  # chats per forward pass on each device
 GRADIENT_ACCUMULATION_STEPS = 4  # forward passes summed into one optimizer step
 MAX_LENGTH = 1024  # longest training sequence in tokens (GPT-2's whole context); longer chats are cut between turns
 DROPOUT = 0.0  # dropout while training (GPT-2 was pretrained with 0.1; none trains faster, see BENCHMARKS.md)
+PRECISION = "auto"  # auto: bf16 where the GPU or CPU has it natively, else fp16 (old GPUs) or fp32; or bf16, fp16, fp32
+FREEZE_EMBEDDINGS = False  # keep the token embedding (and an output head tied to it) as it is: faster steps
 # LoRA: train small adapters instead of every weight (less memory, bigger models)
 LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
 QLORA = False  # LoRA on the base model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory
@@ -82,7 +84,7 @@ def main(argv=None, **overrides):
         # 3. Tokens and labels: each answer's tokens are their own label, everything else IGNORE_INDEX
         train_set, eval_set, token_stats = token_cache.tokenize_for_training(tokenizer, chats, s.max_length)
 
-        # 4. The base model, on the device Run picked (fp32 weights; bf16/fp16 autocast on a GPU)
+        # 4. The base model, on the device Run picked (fp32 weights; bf16 autocast where the device has it)
         model = models.load_model_for_training(source, s, run.device)
 
         # 5. TRL's SFTTrainer: batches, loss on the labelled tokens, AdamW, evaluation, checkpoints

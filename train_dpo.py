@@ -43,6 +43,7 @@ LEARNING_RATE = 1e-6  # peak AdamW learning rate, decayed linearly to 0 (far bel
 BATCH_SIZE = 4  # pairs per forward pass on each device (each pair is two sequences, chosen and rejected)
 GRADIENT_ACCUMULATION_STEPS = 4  # forward passes summed into one optimizer step
 MAX_LENGTH = 1024  # longest prompt + answer in tokens; longer ones are cut at the end
+PRECISION = "auto"  # auto: bf16 where the GPU or CPU has it natively, else fp16 (old GPUs) or fp32; or bf16, fp16, fp32
 # LoRA: train small adapters instead of every weight (the reference is then the model with them switched off)
 LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
 QLORA = False  # LoRA on the model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory

@@ -12,8 +12,9 @@ Workloads (both offline):
 
 Configurations:
   project  what train_chatbot.py runs (sft/train/trainer.py): per-batch padding, length-grouped batches, no dropout,
-           fused GELU (GPT-2), the LM head only at labelled positions off CUDA; on CUDA bf16, TF32 and
-           dataloader workers. --variants adds it with one optimisation off or one option on.
+           fused GELU (GPT-2), the LM head only at labelled positions off CUDA; bf16 autocast where the GPU or
+           CPU has it natively; on CUDA TF32 and dataloader workers. --variants adds it with one optimisation
+           off or one option on (frozen embeddings; fp32 where bf16 is the default).
   naive    transformers' Trainer with its defaults: every chat padded to MAX_LENGTH, the model's own dropout,
            activation and loss (logits at every position), fp32
 
@@ -23,7 +24,7 @@ and the trainer (with SFTTrainer's pass over the data) and the warm-up pass to t
 Figures: trained (assistant) tokens/s, processed (non-padding) tokens/s, the share of computed
 positions that are padding, seconds per optimizer step, peak memory, and the achieved FLOP rate:
 (6 x parameters x tokens + 12 x layers x width x length^2 per chat) / step time, the nanoGPT/PaLM
-count, against the matrix-multiply rate measured on this machine (fp32 on a CPU, bf16 on CUDA; the
+count, against the matrix-multiply rate measured on this machine (in the precision the project trains in; the
 best of the measurements taken at the start and before each configuration): on CUDA that ratio is
 the MFU.
 """
@@ -136,11 +137,11 @@ def fresh_model(source, dropout: float | None, fused_activation: bool):
 
 
 def matmul_rate(device: str) -> float:
-    """Floating-point operations per second of a large matrix multiply (fp32 on a CPU, bf16 on CUDA): the
-    best of five timings, since a shared machine's rate varies from second to second."""
+    """Floating-point operations per second of a large matrix multiply in the precision training uses (bf16
+    where the GPU or CPU has it, else fp32): the best of five timings, since a shared machine's rate varies."""
     import torch
 
-    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    n, dtype = (8192 if device == "cuda" else 2048), devices.pick_device().compute_dtype
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -198,7 +199,8 @@ def warm_up(trainer, model, batches: "Batches") -> None:
 
 def variants(device: str) -> list[str]:
     """The project's configuration with one optimisation off, or one option on, where it makes a difference."""
-    return (["with dropout", "with written-out GELU"]
+    return (["with dropout", "with written-out GELU", "with frozen embeddings"]
+            + (["in fp32"] if devices.pick_device().precision == "bf16" else [])
             + (["without label-only head"] if device != "cuda" else ["without dataloader workers"])
             + ["without length grouping", "with --compile", "with gradient checkpointing"])
 
@@ -245,7 +247,10 @@ def project_trainer(variant, model, tokenizer, train_set, args, out_dir):
                                      batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
                                      max_length=args.max_length, logging_steps=10**9, save_steps=10**9, seed=0,
                                      output_dir=str(out_dir / "model"),
-                                     gradient_checkpointing=variant == "with gradient checkpointing")
+                                     gradient_checkpointing=variant == "with gradient checkpointing",
+                                     precision="fp32" if variant == "in fp32" else "auto")
+    if variant == "with frozen embeddings":
+        models.freeze_embeddings(model)
     sft_args = sft_config(config, Run(config), evaluate=False)
     sft_args.disable_tqdm = True
     if variant == "without length grouping":
@@ -315,7 +320,9 @@ def describe_machine(device: str) -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    bf16 = "native bf16" if devices.cpu_has_bf16() else "no native bf16"
+    return (f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, {bf16}, "
+            f"torch {torch.__version__}")
 
 
 def print_table(rows, peak_rate, device):
@@ -345,7 +352,7 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="a 2-layer GPT-2 for the long workload (for testing)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    known = set(variants("cuda")) | set(variants("cpu"))  # a misspelt name would otherwise measure nothing
+    known = set(variants("cuda")) | set(variants("cpu")) | {"in fp32"}  # a misspelt name would otherwise measure nothing
     if args.variants and args.variants != "all" and (unknown := set(args.variants.split(",")) - known):
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     return args
@@ -398,7 +405,7 @@ def main(argv=None):
     device = devices.best_device()
     peak_rate = matmul_rate(device)
     print(f"Machine: {describe_machine(device)}")
-    print(f"Matrix multiply ({'bf16' if device == 'cuda' else 'fp32'}): {peak_rate / 1e12:.3f} TFLOP/s measured\n")
+    print(f"Matrix multiply ({devices.pick_device().precision}): {peak_rate / 1e12:.3f} TFLOP/s measured\n")
     results = {"machine": describe_machine(device), "workloads": {}}
     for workload in (["short", "long"] if args.workload == "both" else [args.workload]):
         results["workloads"][workload], peak_rate = measure_workload(workload, args, device, peak_rate)

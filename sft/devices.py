@@ -1,8 +1,17 @@
-"""The device a run trains or chats on, and its precision: CUDA, Apple MPS, or the CPU."""
+"""The device a run trains or chats on, and its precision: CUDA, Apple MPS, or the CPU.
+
+Precision "auto" takes bf16 wherever the hardware multiplies in it natively: NVIDIA GPUs from Ampere
+on, and CPUs whose oneDNN reports bf16 (AMD Zen 4 and later, Intel Sapphire Rapids and later, recent
+Arm). Training then runs under bf16 autocast with fp32 master weights (the Trainer's own bf16), and
+generation loads the weights in bf16. Elsewhere bf16 is emulated: on a CPU without it a bf16 matrix
+multiply measured 0.2 GFLOP/s against 58 in fp32 (BENCHMARKS.md), so "auto" keeps fp32 there.
+"""
 
 from dataclasses import dataclass
 
 from sft import distributed
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -10,6 +19,7 @@ class Device:
     kind: str  # "cuda", "mps" or "cpu"
     name: str  # for the log and the metadata, e.g. "cuda (NVIDIA H100)" or "cpu (2 threads)"
     precision: str  # "bf16", "fp16" or "fp32": what the matrix multiplies compute in
+    why: str = ""  # how the precision was chosen, for the start banner
 
     @property
     def compute_dtype(self):
@@ -27,17 +37,40 @@ def best_device() -> str:
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
-def pick_device() -> Device:
-    """CUDA with bf16 where the card has it (else fp16), Apple MPS, or the CPU with all its cores, in fp32."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies in bf16 natively, as torch reports it (oneDNN's bf16 check)."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def auto_precision(kind: str) -> tuple[str, str]:
+    """(precision, why) for "auto" on this kind of device."""
+    import torch
+
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "this GPU computes in bf16"
+        return "fp16", "this GPU has no bf16"
+    if kind == "mps":
+        return "fp32", "autocast on Apple MPS is not reliable for training yet"
+    if cpu_has_bf16():
+        return "bf16", "this CPU multiplies in bf16 natively (oneDNN); --precision fp32 turns it off"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "fp32", f"this CPU ({capability}) has no native bf16, which would be emulated and slow"
+
+
+def pick_device(precision: str = "auto") -> Device:
+    """The fastest device, all its cores, and the precision asked for ("auto": the best it has natively)."""
     import torch
 
     kind, processes = best_device(), distributed.num_processes()
+    chosen, why = auto_precision(kind) if precision == "auto" else (precision, f"--precision {precision}")
     if kind == "cuda":
         on_processes = f", {processes} processes" if processes > 1 else ""
-        return Device(kind, f"cuda ({torch.cuda.get_device_name(0)}{on_processes})",
-                      "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        return Device(kind, f"cuda ({torch.cuda.get_device_name(0)}{on_processes})", chosen, why)
     if kind == "mps":
-        return Device(kind, "mps", "fp32")  # autocast on MPS is not reliable for training yet
+        return Device(kind, "mps", chosen, why)
     threads = torch.get_num_threads()
     on_processes = f"{processes} processes x " if processes > 1 else ""
-    return Device(kind, f"cpu ({on_processes}{threads} thread{'s' if threads > 1 else ''})", "fp32")
+    return Device(kind, f"cpu ({on_processes}{threads} thread{'s' if threads > 1 else ''})", chosen, why)

@@ -156,7 +156,6 @@ def load_model_for_training(source: ModelSource, settings, device):
     and the rest in the compute precision, as in the QLoRA paper. Prints what was loaded, where."""
     import torch
 
-
     model = load_model(source, trust_remote_code=settings.trust_remote_code, dropout=settings.dropout,
                        **({"dtype": device.compute_dtype, "quantization": four_bit_config(device.compute_dtype)}
                           if settings.qlora else {"dtype": torch.float32}))
@@ -165,10 +164,24 @@ def load_model_for_training(source: ModelSource, settings, device):
         raise UserError(f"--max-length {settings.max_length} is longer than {source.name}'s context window "
                         f"({window} tokens): use --max-length {window} or less")
     print(f"\nModel: {source.name} [{source.kind}], {model.num_parameters() / 1e6:.1f}M parameters, on "
-          f"{device.name}, {device.precision}.")
+          f"{device.name}, {device.precision}: {device.why}.")
+    if settings.freeze_embeddings and not settings.uses_lora:
+        freeze_embeddings(model)
     if device.kind == "cpu":
         print("No GPU found: training on the CPU. It works, but slowly; a CUDA GPU is 10-100x faster.")
     return model
+
+
+def freeze_embeddings(model) -> None:
+    """Leave the token embedding as it is (and the output head, when the model ties it to the embedding).
+    Gemma 3 270M's is 168M of its 268M weights: its gradient and AdamW's update over it cost half of each
+    training step on a CPU (BENCHMARKS.md)."""
+    embedding = model.get_input_embeddings().weight
+    embedding.requires_grad_(False)
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embedding
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"Embedding frozen{' (and the output head tied to it)' if tied else ''}: {embedding.numel() / 1e6:.1f}M "
+          f"weights kept as they are, {trainable / 1e6:.1f}M trained (--no-freeze-embeddings trains them all).")
 
 
 def context_window(model) -> int | None:

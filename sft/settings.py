@@ -14,6 +14,7 @@ import tokenize
 from pathlib import Path
 from types import SimpleNamespace
 
+from sft.devices import PRECISIONS
 from sft.errors import UserError
 
 # Settings that change how a run is controlled or logged, or where it is written, not what it learns: a
@@ -27,6 +28,8 @@ class Settings(SimpleNamespace):
     # What a script without these settings gets (train_dpo.py: TRL switches dropout off; no --compile there).
     compile = False
     dropout = None  # None: keep the model's own dropout
+    freeze_embeddings = False
+    precision = "auto"
 
     @property
     def uses_lora(self) -> bool:
@@ -117,6 +120,7 @@ CHECKS = [
     ("rejected_temperature", lambda s: s.rejected_temperature > 0, "--rejected-temperature must be above 0"),
     ("logging_steps", lambda s: s.logging_steps >= 1, "--logging-steps must be at least 1"),
     ("save_steps", lambda s: s.save_steps >= 1, "--save-steps must be at least 1"),
+    ("precision", lambda s: s.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
     ("report_to", lambda s: s.report_to in ("none", "tensorboard", "wandb"),
      "--report-to must be none, tensorboard or wandb"),
     ("sft_model", lambda s: Path(s.sft_model).expanduser().resolve() != Path(s.output_dir).expanduser().resolve(),

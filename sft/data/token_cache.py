@@ -152,5 +152,6 @@ def tokenize_for_training(tokenizer, chats, max_length: int):
         print(f"  max_length {max_length}: {stats['dropped']} conversations dropped (first answer too long), "
               f"{stats['truncated']} cut after their last whole answer.")
     print("\nFirst training example (highlighted = trained tokens; the rest only gives context):\n")
-    print(masking.show_trained_tokens(tokenizer, train_set[0]["input_ids"], train_set[0]["labels"], sys.stdout.isatty()))
+    first = train_set[0]
+    print(masking.show_trained_tokens(tokenizer, first["input_ids"], first["labels"], sys.stdout.isatty()))
     return train_set, eval_set, stats

@@ -88,7 +88,8 @@ def markdown(metadata: dict | None, items: list[dict], results: dict, about: dic
     lines += [f"Evaluated on {about['prompts']} of IFEval's {about['of']} prompts ({about['subset']}), greedy, up "
               f"to {about['max_new_tokens']} new tokens, each prompt rendered by the fine-tuned model's chat "
               f"template; scored by Google's rules (lm-eval's copy), sentences counted with "
-              f"{about['sentence_splitter']}. {about['machine']}, {about['seconds']:.0f} s.", "",
+              f"{about['sentence_splitter']}. {about['machine']}, {about['precision']}, batches of "
+              f"{about['batch_size']}, {about['seconds']:.0f} s.", "",
               *table(results), "", "![the rates side by side](report.png)", ""]
     lines += ["- **IFEval**: prompts whose every instruction was followed (prompt level), and instructions followed "
               "(instruction level); strict as answered, loose also without the first or last line or asterisks.",

@@ -42,7 +42,7 @@ def measure_one_batch(trainer) -> Measurement:
     torch.cuda.reset_peak_memory_stats() if cuda else reset_peak_rss()
     logged = copy.deepcopy(trainer._metrics), trainer._total_train_tokens  # compute_loss logs what it sees
     seconds = []
-    for _ in range(2):  # the first pass pays one-off start-up costs
+    for _ in range(2 if cuda else 1):  # a GPU's first pass pays one-off start-up costs; a CPU's hardly does
         started = time.time()
         with trainer.accelerator.autocast():  # bf16/fp16 on a GPU, as in training
             loss = trainer.compute_loss(model, dict(batch))  # the loss training uses (the label-only head)
@@ -88,15 +88,16 @@ def available_memory(device_kind: str) -> int:
 def disk_needs(trainer, tokenizer) -> tuple[int, int]:
     """(bytes of the saved model folder, bytes of one checkpoint). The folder holds the fp32 weights (with
     LoRA merged in, and the adapter alone besides); a checkpoint holds the trained weights (all of them, or
-    the adapter's) and AdamW's two fp32 moments for each."""
+    the adapter's) and AdamW's two fp32 moments for each trained one."""
     from sft.train.lora import base_parameters
 
     parameters = base_parameters(trainer.model)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    adapter = trainable if trainable < parameters else 0
+    adapter = trainable if hasattr(trainer.model, "peft_config") else 0
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tokenizer_bytes = len(backend.to_str()) if backend is not None else 0
-    return 4 * (parameters + adapter) + tokenizer_bytes + 2**20, 12 * trainable + 2**20
+    checkpoint = 12 * adapter if adapter else 4 * parameters + 8 * trainable  # frozen weights are saved too
+    return 4 * (parameters + adapter) + tokenizer_bytes + 2**20, checkpoint + 2**20
 
 
 def peak_memory(device_kind: str) -> int:

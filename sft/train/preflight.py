@@ -21,6 +21,11 @@ def check_method(settings, device, sharding: str | None) -> None:
                         "adapters are small enough to copy to every GPU, so launch with configs/ddp.yaml instead")
     if settings.qlora and (reason := qlora_unavailable(device)):
         raise UserError(reason)
+    if device.precision == "fp16" and device.kind != "cuda":
+        raise UserError(f"--precision fp16 needs an NVIDIA GPU (the Trainer's fp16 mixed precision is CUDA's); this "
+                        f"machine trains on {device.name}: use --precision auto")
+    if device.precision == "bf16" and device.kind == "mps":
+        raise UserError("--precision bf16 is not supported on Apple MPS here: use --precision auto (fp32)")
 
 
 def qlora_unavailable(device) -> str | None:

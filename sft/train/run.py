@@ -27,7 +27,7 @@ class Run:
         self.settings = settings
         self.output_dir = Path(settings.output_dir)
         self.started = time.time()
-        self.device = pick_device()
+        self.device = pick_device(settings.precision)
         self.processes, self.is_main = distributed.num_processes(), distributed.is_main_process()
         self.sharding = distributed.sharded()  # "FSDP" or "DeepSpeed" from the accelerate config, else None
         self.checkpoints = checkpoints.folder(self.output_dir)

@@ -38,7 +38,7 @@ def training_arguments(settings, run, evaluate: bool) -> dict:
         activation_checkpointing=settings.gradient_checkpointing,  # transformers' new name for it
         use_cpu=run.device.kind == "cpu",  # several processes without a GPU form a CPU (gloo) group only when asked
         bf16=run.device.precision == "bf16",
-        tf32=True if run.device.precision == "bf16" else None,  # fp32 matmuls outside autocast use TF32
+        tf32=True if on_gpu and run.device.precision == "bf16" else None,  # fp32 matmuls outside autocast: TF32
         fp16=run.device.precision == "fp16",
         dataloader_num_workers=loader_workers,
         dataloader_persistent_workers=loader_workers > 0,  # not started again for every epoch and evaluation
@@ -65,6 +65,7 @@ def sft_config(settings, run, evaluate: bool) -> trl.SFTConfig:
     return trl.SFTConfig(
         **training_arguments(settings, run, evaluate),
         dataset_kwargs={"skip_prepare_dataset": True},  # masking.py has cut, labelled and filtered the chats
+        prediction_loss_only=True,  # evaluation needs the loss alone: no logits kept (see prediction_step)
         train_sampling_strategy="group_by_length",  # chats of similar length together: less padding
     )
 
@@ -105,19 +106,33 @@ class SFTTrainer(trl.SFTTrainer):
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthGroupedSampler(batch, lengths, self.args.data_seed or self.args.seed, self)
 
+    def uses_label_only_head(self, model, inputs) -> bool:
+        """Off CUDA, in one process (DDP must see the forward pass to sync gradients), for a model it fits."""
+        return ("labels" in inputs and self.accelerator.device.type != "cuda" and self.accelerator.num_processes == 1
+                and label_only_logits_possible(causal_lm(self.accelerator.unwrap_model(model))))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        unwrapped = causal_lm(self.accelerator.unwrap_model(model))
-        # Several processes: the forward pass must go through DDP's wrapper, which syncs the gradients.
-        if (return_outputs or "labels" not in inputs or self.accelerator.device.type == "cuda"
-                or self.accelerator.num_processes > 1 or not label_only_logits_possible(unwrapped)):
+        if return_outputs or not self.uses_label_only_head(model, inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss_sum, entropy, correct, labelled = labelled_tokens_loss(unwrapped, inputs)
+        unwrapped = causal_lm(self.accelerator.unwrap_model(model))
+        with self.accelerator.autocast():  # bf16 mixed precision: accelerate wraps only model.forward, not called here
+            loss_sum, entropy, correct, labelled = labelled_tokens_loss(unwrapped, inputs)
         num_tokens = labelled if num_items_in_batch is None else num_items_in_batch
         loss = loss_sum / torch.as_tensor(num_tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         self.log_metrics_like_trl(inputs, labelled, entropy, correct)
         return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation's loss through the label-only head too: the Trainer's own step asks compute_loss for the
+        logits, which scores the whole vocabulary at every position."""
+        inputs = self._prepare_inputs(inputs)
+        if not prediction_loss_only or not self.uses_label_only_head(model, inputs):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)  # the mean over this batch's labelled tokens, as before
+        return loss.detach(), None, None
 
     @torch.no_grad()
     def log_metrics_like_trl(self, inputs, labelled, entropy, correct) -> None:
