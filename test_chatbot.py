@@ -24,15 +24,20 @@ from sft.data.chat_format import install_chat_template
 from sft.devices import PRECISIONS, pick_device
 from sft.errors import exit_on_user_error
 from sft.eval import compare, evaluate, ifeval, report_card
-from sft.generation import Decoding, answer_once, check_prompt_lengths, load_for_generation
+from sft.generation import (
+    CHAT_DEFAULTS,
+    Decoding,
+    answer_once,
+    chat_defaults,
+    check_prompt_lengths,
+    load_for_generation,
+)
 from sft.serve.chat import repl
 from sft.train.metadata import read_metadata
 
 MODEL_DIR = "./chatbot-finetuned"
 BASE_MODEL = "gpt2"  # used only when there is no fine-tuned model yet
 MAX_NEW_TOKENS = 150  # answer length limit in compare and chat; eval mode allows evaluate.MAX_NEW_TOKENS (256)
-TEMPERATURE = 0.7
-TOP_P = 0.9
 SEED = 42
 BATCH_SIZE = 32  # prompts generated together in compare and eval (64 on a GPU); fewer if memory runs short
 
@@ -51,9 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                         f"fixed, evenly spread subset (default: all on a GPU, {evaluate.CPU_PROMPTS} on a CPU)")
     parser.add_argument("--max-new-tokens", type=int, help=f"answer length limit (default: {MAX_NEW_TOKENS}; "
                         f"eval: {evaluate.MAX_NEW_TOKENS})")
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="with --sample")
-    parser.add_argument("--top-p", type=float, default=TOP_P, help="with --sample")
+    parser.add_argument("--sample", action="store_true", help="compare and eval: sample instead of greedy decoding "
+                        "(chat samples as the model folder's generation_config.json says, unless --greedy)")
+    parser.add_argument("--greedy", action="store_true", help="interactive, -p and web: greedy decoding instead "
+                        "of the model's chat defaults")
+    parser.add_argument("--temperature", type=float, help="when sampling (default: the model's, else "
+                        f"{CHAT_DEFAULTS['temperature']})")
+    parser.add_argument("--top-p", type=float, help=f"when sampling (default: the model's, else "
+                        f"{CHAT_DEFAULTS['top_p']})")
+    parser.add_argument("--repetition-penalty", type=float, help="above 1 makes repeating less likely (default: "
+                        "the model's when chatting, else 1.0: none)")
     parser.add_argument("--seed", type=int, default=SEED, help="with --sample: the random seed")
     parser.add_argument("--batch-size", type=int, help=f"compare and eval: prompts generated together "
                         f"(default: {BATCH_SIZE}, 64 on a GPU)")
@@ -121,11 +133,13 @@ def run_eval(args, decoding):
     max_length = metadata["settings"]["max_length"] if metadata else window
     results = evaluate.evaluate(contenders, tokenizer, items, decoding, held_out, max_length)
     print("\n" + "\n".join(evaluate.table(results)))
+    print("\nIFEval's instruction types that the kit's form instructions teach, and the others:\n"
+          + "\n".join(evaluate.taught_table(results)))
     if metadata is not None:
         about = {"prompts": len(items), "of": ifeval.NUM_PROMPTS, "max_new_tokens": decoding.max_new_tokens,
                  "subset": "all" if len(items) == ifeval.NUM_PROMPTS else "prompt i x 541 // N of the file",
                  "sentence_splitter": ifeval.SENTENCE_SPLITTER, "machine": device.name, "precision": device.precision,
-                 "batch_size": decoding.batch_size, "seconds": results["seconds"]}
+                 "batch_size": decoding.batch_size, "seconds": results["seconds"], "decoding": decoding.describe()}
         report_card.write(Path(args.model), metadata, items, results, about)
         print(f"\nReport card written to {Path(args.model) / report_card.REPORT_MD} (with {report_card.REPORT_JSON} "
               f"and {report_card.REPORT_PNG}).")
@@ -144,8 +158,10 @@ def run_web(args, decoding):
     names = compare.contender_names(metadata)  # "base" and "fine-tuned", or "SFT" and "DPO"
     titles = dict(zip(contenders, (f"{name[0].upper()}{name[1:]} model" for name in names)))
     window = models.context_window(contenders["base"]) or 2048
-    server = ChatServer((args.host, args.port), contenders, tokenizer, window, {"about": about, "titles": titles},
-                        args.max_queued, args.api_key)
+    page_decoding = {"sample": decoding.sample, "temperature": decoding.temperature, "top_p": decoding.top_p,
+                     "repetition_penalty": decoding.repetition_penalty}  # what the page starts with
+    server = ChatServer((args.host, args.port), contenders, tokenizer, window,
+                        {"about": about, "titles": titles, "decoding": page_decoding}, args.max_queued, args.api_key)
     port = server.server_address[1]
     if not is_loopback(args.host):
         print(f"WARNING: serving on {args.host}: anyone who can reach this machine on port {port} and has the API "
@@ -168,17 +184,32 @@ def run_chat(args, decoding):
         print(answer_once(model, tokenizer, [{"role": "user", "content": args.prompt}], decoding, window,
                           write=lambda piece: None))
         return
+    print(f"Decoding: {decoding.describe()} (--greedy, --temperature, --top-p, --repetition-penalty change it).")
     repl(model, tokenizer, decoding, window, args.model)
+
+
+def decoding_for(args) -> Decoding:
+    """compare and eval: greedy unless --sample. Chat (interactive, -p, web): the model folder's own chat
+    defaults (generation_config.json) unless --greedy. Flags given override either."""
+    chatting = args.prompt is not None or args.mode in ("interactive", "web")
+    defaults = {} if args.greedy or not chatting else chat_defaults(args.model)
+    default_length = evaluate.MAX_NEW_TOKENS if args.mode == "eval" and args.prompt is None else MAX_NEW_TOKENS
+    def given(flag, key, fallback):
+        return flag if flag is not None else defaults.get(key, fallback)
+
+    return Decoding(max_new_tokens=args.max_new_tokens or default_length,
+                    sample=args.sample or defaults.get("do_sample", False),
+                    temperature=given(args.temperature, "temperature", CHAT_DEFAULTS["temperature"]),
+                    top_p=given(args.top_p, "top_p", CHAT_DEFAULTS["top_p"]),
+                    repetition_penalty=given(args.repetition_penalty, "repetition_penalty", 1.0),
+                    seed=args.seed, batch_size=args.batch_size or (64 if pick_device().kind == "cuda" else BATCH_SIZE))
 
 
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_library_chatter()
-    default_length = evaluate.MAX_NEW_TOKENS if args.mode == "eval" and args.prompt is None else MAX_NEW_TOKENS
-    decoding = Decoding(max_new_tokens=args.max_new_tokens or default_length, sample=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                        batch_size=args.batch_size or (64 if pick_device().kind == "cuda" else BATCH_SIZE))
+    decoding = decoding_for(args)
     if args.prompt is not None or args.mode == "interactive":
         run_chat(args, decoding)
     elif args.mode == "eval":

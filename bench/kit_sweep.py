@@ -1,15 +1,17 @@
-"""Choose the offline kit's training settings by measurement: train with each, score each on IFEval.
+"""Choose the offline kit's training settings by measurement: train with each, score each on held-out requests.
 
-    python bench/kit_sweep.py --script quick_test.py --runs "lr=2e-5" "lr=1e-4" "lr=3e-4" --limit 50
-    python bench/kit_sweep.py --script quick_test.py --runs "lr=2e-4 lora" --limit 50
-    python bench/kit_sweep.py --script train_dpo.py --runs "quick lr=5e-6" "quick lr=2e-5" --limit 30
+    python bench/kit_sweep.py --script quick_test.py --runs "forms=0 multi=0 long=0" "forms=0.3" "lr=5e-5"
+    python bench/kit_sweep.py --script quick_test.py --runs "lr=2e-4 lora"
+    python bench/kit_sweep.py --script train_dpo.py --runs "quick lr=5e-6" "quick lr=2e-5"
 
-Each run is the script itself (offline, on the kit) with the run's flags; then the fine-tuned model alone
-answers the first --limit prompts of the evaluation's fixed subset and the default compare prompts, greedy, as
-`test_chatbot.py --mode eval` does (the base model's scores are in the README: it does not change). Prints one
-table row per run, with the machine, the training time and the held-out loss (for train_dpo.py: also the held-out pairs' preference
-accuracy and reward margin; the held-out loss is then on its SFT model's held-out chats). BENCHMARKS.md keeps the
-results.
+Each run is the script itself (offline, on the kit) with the run's flags. Then the fine-tuned model alone
+answers --limit requests of the kit's test split (never trained on), each given a form instruction by
+sft/data/constraints.py (seeded, so the same for every run), greedy, up to 256 new tokens, and the
+instruction's own checker scores the answer. IFEval's prompts are never used here: they judge the chosen
+settings once, at the end (test_chatbot.py --mode eval), and are not tuned on. Prints one table row per
+run: the machine, the training time, the held-out loss, the share of instructions followed, compare's
+behaviour labels on the same answers, and for train_dpo.py the held-out pairs' preference accuracy and
+reward margin (the held-out loss is then on its SFT model's held-out chats). BENCHMARKS.md keeps the results.
 """
 
 import argparse
@@ -25,7 +27,8 @@ from sft.eval.evaluate import MAX_NEW_TOKENS  # noqa: E402
 
 FLAGS = {"lr": "--learning-rate", "epochs": "--num-epochs", "steps": "--max-steps", "len": "--max-length",
          "n": "--num-train-samples", "batch": "--batch-size", "accum": "--gradient-accumulation-steps",
-         "beta": "--beta", "pairs": "--num-pairs"}
+         "beta": "--beta", "pairs": "--num-pairs", "forms": "--constraint-share", "multi": "--multi-turn-share",
+         "long": "--long-answer-share"}
 
 
 def flags(run: str) -> list[str]:
@@ -51,20 +54,24 @@ def train(script: str, run: str, folder: Path) -> float:
 
 def score(folder: Path, limit: int) -> dict:
     from sft import models
+    from sft.data.constraints import CONSTRAINTS, held_out_requests
     from sft.devices import pick_device
-    from sft.eval import compare, evaluate, ifeval
+    from sft.eval import compare, evaluate
     from sft.generation import Decoding, load_for_generation
 
     model, tokenizer = load_for_generation(models.finetuned_source(str(folder)))
-    items = ifeval.prompts(evaluate.CPU_PROMPTS)[:limit]
-    decoding = Decoding(max_new_tokens=MAX_NEW_TOKENS, batch_size=8)
+    requests = held_out_requests(limit)
+    answers, speed = compare.generate_answers(model, tokenizer, [r.chat[-2]["content"] for r in requests],
+                                              Decoding(max_new_tokens=MAX_NEW_TOKENS, batch_size=32), name="fine-tuned")
+    followed = [CONSTRAINTS[r.ifeval_id.split(":")[1]].check(a.text.strip(), r.fields)  # as IFEval: strict
+                for r, a in zip(requests, answers)]
     metadata = json.loads((folder / "training_metadata.json").read_text())
     held_out = evaluate.held_out_chats(metadata)
-    result = evaluate.evaluate({"fine-tuned": model}, tokenizer, items, decoding, held_out,
-                               metadata["settings"]["max_length"])["fine-tuned"]
-    defaults, _ = compare.generate_answers(model, tokenizer, compare.DEFAULT_PROMPTS, decoding, name="fine-tuned")
-    return {"ifeval": result["ifeval"], "behaviour": result["behaviour"], "held_out": result["held_out_loss"],
-            "defaults": [a.text for a in defaults], "device": pick_device().name}
+    loss = evaluate.held_out_loss(model, tokenizer, held_out, metadata["settings"]["max_length"]) if held_out else None
+    return {"followed": sum(followed) / len(followed), "behaviour": compare.summarize(answers, speed),
+            "held_out": loss, "device": pick_device().name, "requests": len(requests),
+            "answers": [{"request": r.chat[-2]["content"], "answer": a.text, "followed": ok}
+                        for r, a, ok in zip(requests, answers, followed)]}
 
 
 def preference(folder: Path) -> str:
@@ -79,24 +86,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--script", default="quick_test.py")
     parser.add_argument("--runs", nargs="+", required=True, help="each: space-separated name=value (see FLAGS)")
-    parser.add_argument("--limit", type=int, default=50, help="IFEval prompts (the first of the CPU subset)")
+    parser.add_argument("--limit", type=int, default=64, help="held-out kit requests, each with a form instruction")
     parser.add_argument("--folder", default="/tmp/kit-sweep")
     args = parser.parse_args()
-    print("| run | train time | held-out loss | IFEval prompt (instr.) strict | clean stop | rep. | empty answers "
-          "to default prompts | mean tokens | DPO: held-out preference accuracy, margin |\n"
-          "|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| run | train time | held-out loss | form instructions followed | clean stop | repetition | mean tokens "
+          "| DPO: held-out preference accuracy, margin |\n|---|---|---|---|---|---|---|---|", flush=True)
     for run in args.runs:
         folder = Path(args.folder) / run.replace(" ", "_").replace("=", "")
         seconds = train(args.script, run, folder)
         s = score(folder, args.limit)
-        f, b = s["ifeval"], s["behaviour"]
-        empty = sum(not text.strip() for text in s["defaults"])
-        print(f"| {args.script} {run} | {seconds / 60:.1f} min | {s['held_out']:.3f} | "
-              f"{f['prompt_level_strict']:.1%} ({f['instruction_level_strict']:.1%}) | {b['clean_stop_rate']:.0%} | "
-              f"{b['repetition_rate']:.0%} | {empty}/{len(s['defaults'])} | {b['mean_answer_tokens']:.0f} | "
+        b = s["behaviour"]
+        print(f"| {args.script} {run} | {seconds / 60:.1f} min | {s['held_out']:.3f} | {s['followed']:.1%} | "
+              f"{b['clean_stop_rate']:.0%} | {b['repetition_rate']:.0%} | {b['mean_answer_tokens']:.0f} | "
               f"{preference(folder)} |", flush=True)
         (folder / "sweep.json").write_text(json.dumps({"run": run, "train_seconds": seconds, **s}, indent=1))
-    print(f"\nMachine: {s['device']}; {args.limit} IFEval prompts, greedy, {MAX_NEW_TOKENS} new tokens at most.")
+    print(f"\nMachine: {s['device']}; {s['requests']} held-out kit requests with a form instruction, greedy, "
+          f"{MAX_NEW_TOKENS} new tokens at most.")
 
 
 if __name__ == "__main__":

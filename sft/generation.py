@@ -17,6 +17,11 @@ from sft.errors import UserError
 # Sampling divides the logits by the temperature: below this it overflows to inf, so such a temperature
 # means greedy decoding (as 0 does).
 MIN_TEMPERATURE = 1e-5
+# How the saved model chats by default (its generation_config.json, read by local chat tools, the
+# interactive and web modes): sampling with llama.cpp's and Ollama's default repeat penalty, against the
+# loops of greedy decoding (bench/chat_decoding.py compares). compare and eval stay greedy, so their scores
+# compare with published ones.
+CHAT_DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
 
 
 @dataclass
@@ -27,16 +32,38 @@ class Decoding:
     top_p: float = 0.9
     seed: int = 42
     batch_size: int = 8
+    repetition_penalty: float = 1.0  # above 1: tokens already in the prompt or answer become less likely
+
+    def describe(self) -> str:
+        penalty = f", repetition penalty {self.repetition_penalty:g}" if self.repetition_penalty != 1 else ""
+        if self.sample and self.temperature >= MIN_TEMPERATURE:
+            return f"sampling, temperature {self.temperature:g}, top-p {self.top_p:g}{penalty}"
+        return f"greedy{penalty}"
 
     def generate_kwargs(self, tokenizer) -> dict:
         sample = self.sample and self.temperature >= MIN_TEMPERATURE
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
+                  "repetition_penalty": float(self.repetition_penalty),  # 1.0 overrides generation_config.json's
                   "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         if sample:  # floats: generate() refuses a temperature of 2 written as an integer
             kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p))
         else:  # greedy: make sure no sampling setting from generation_config.json leaks in
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
+
+
+def chat_defaults(folder) -> dict:
+    """The model folder's own chat decoding (generation_config.json: do_sample, temperature, top_p,
+    repetition_penalty), or {} where it has none (a base model, or a folder saved before it was written)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder).expanduser() / "generation_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: config[key] for key in CHAT_DEFAULTS if key in config} if config.get("do_sample") else {}
 
 
 def load_for_generation(source, precision: str = "auto"):

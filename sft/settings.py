@@ -36,6 +36,12 @@ class Settings(SimpleNamespace):
         return self.lora or self.qlora
 
     @property
+    def kit_mix(self) -> dict:
+        """The shares of the kit's training chats made multi-turn, long, or asking for a form."""
+        return {"multi_turn": self.multi_turn_share, "long": self.long_answer_share,
+                "constraints": self.constraint_share}
+
+    @property
     def effective_batch_size(self) -> int:
         """Conversations per optimizer step in one process."""
         return self.batch_size * self.gradient_accumulation_steps
@@ -114,6 +120,9 @@ CHECKS = [
     ("lora_dropout", lambda s: 0 <= s.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
     ("lora_target_modules", lambda s: bool(s.lora_target_modules.strip(" ,")),
      "--lora-target-modules must name at least one layer (or all-linear)"),
+    ("constraint_share", lambda s: 0 <= s.constraint_share <= 1, "--constraint-share must be in [0, 1]"),
+    ("multi_turn_share", lambda s: 0 <= s.multi_turn_share <= 1, "--multi-turn-share must be in [0, 1]"),
+    ("long_answer_share", lambda s: 0 <= s.long_answer_share <= 1, "--long-answer-share must be in [0, 1]"),
     ("eval_fraction", lambda s: 0 <= s.eval_fraction < 0.5, "--eval-fraction must be in [0, 0.5)"),
     ("rejected_max_new_tokens", lambda s: s.rejected_max_new_tokens >= 1,
      "--rejected-max-new-tokens must be at least 1"),

@@ -238,3 +238,31 @@ def test_cut_at_role_keeps_the_answer_up_to_the_invented_turn(tmp_path, kit_mode
     heading, answer = cut.stdout.split("--- base (", 1)[1].split("\n\n| model", 1)[0].split("\n", 1)
     assert answer.strip() == "The capital of France is Paris."
     assert "role leak" in heading  # measured on the whole answer, which went on with a User: turn
+
+
+def test_chat_decodes_as_the_model_folder_says_and_compare_stays_greedy(tmp_path):
+    """A folder's generation_config.json chat defaults are what interactive, -p and web use; --greedy and
+    each flag override them; compare and eval stay greedy unless --sample."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_chatbot_script", ROOT / "test_chatbot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.5, "top_p": 0.8, "repetition_penalty": 1.3}))
+
+    def decoding(*flags):
+        return script.decoding_for(script.build_parser().parse_args(["--model", str(tmp_path), *flags]))
+
+    chat = decoding("--mode", "interactive")
+    assert (chat.sample, chat.temperature, chat.top_p, chat.repetition_penalty) == (True, 0.5, 0.8, 1.3)
+    assert chat.describe() == "sampling, temperature 0.5, top-p 0.8, repetition penalty 1.3"
+    assert decoding("-p", "hi", "--temperature", "0.9").temperature == 0.9
+    assert decoding("--mode", "web", "--repetition-penalty", "1.0").repetition_penalty == 1.0
+    assert decoding("--mode", "interactive", "--greedy").describe() == "greedy"
+    for mode in ("compare", "eval"):
+        assert decoding("--mode", mode).describe() == "greedy"
+    assert decoding("--mode", "compare", "--sample").describe() == "sampling, temperature 0.7, top-p 0.9"
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))  # saved without defaults
+    assert decoding("--mode", "interactive").describe() == "greedy"

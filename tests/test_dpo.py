@@ -108,7 +108,8 @@ def test_the_dpo_loss_falls_and_the_log_shows_its_rewards(dpo_run):
     assert "Held-out pairs: DPO loss 0.693 (SFT) ->" in result.stdout
 
 
-def test_the_folder_keeps_the_sft_template_and_records_the_chain(dpo_run, quick_run, tiny_gpt2_dir, pairs_jsonl):
+def test_the_folder_keeps_the_sft_template_and_records_the_chain(dpo_run, quick_run, tiny_gpt2_dir, pairs_jsonl,
+                                                                  chats_jsonl):
     from transformers import AutoTokenizer
 
     out_dir, _ = dpo_run
@@ -118,7 +119,7 @@ def test_the_folder_keeps_the_sft_template_and_records_the_chain(dpo_run, quick_
     assert record["stage"] == "dpo" and record["beta"] == 0.1
     assert record["base_model_path"] == str(sft_dir.resolve()) and record["base_model_source"] == "local"
     assert record["sft_model"] == {"path": str(sft_dir.resolve()), "base_model": str(tiny_gpt2_dir),
-                                   "dataset": record["sft_model"]["dataset"], "stage": "sft"}
+                                   "dataset": str(chats_jsonl), "stage": "sft"}  # what the SFT model learnt from
     assert record["dataset"] == str(pairs_jsonl) and record["num_samples"] == 24
     assert record["data"]["num_eval_samples"] == 12 and record["data"]["rejected_from"] == "the dataset"
     for name in ("model.safetensors", "loss_curve.png", "README.md"):

@@ -3,9 +3,10 @@
 import json
 
 import pytest
+import torch
 from conftest import run_script
 
-from sft.eval import ifeval
+from sft.eval import compare, ifeval
 
 
 def item(instruction: str, **kwargs) -> dict:
@@ -32,6 +33,39 @@ def test_scores_agree_with_googles_rules_on_hand_made_answers(instruction, kwarg
         example = rules.InputExample(key=1, instruction_id_list=[instruction], prompt="A request.", kwargs=[kwargs])
         assert rules.test_instruction_following_strict(example, answer).follow_all_instructions is expected
     assert summary["by_instruction"] == {instruction: {"followed": 1, "of": 2}}
+
+
+def test_prompt_level_needs_every_instruction_and_loose_forgives_a_first_line():
+    """Two instructions per prompt: prompt level counts prompts with all followed, instruction level each one;
+    loose also scores the answer without its first line (IFEval's paper)."""
+    two = {"key": 2, "prompt": "A request.", "instruction_id_list": ["punctuation:no_comma",
+                                                                     "change_case:english_lowercase"],
+           "kwargs": [{}, {}]}
+    answers = ["all lower case and no comma.", "all lower, but a comma.", "Sure:\nall lower and no comma."]
+    summary = ifeval.score([two] * 3, answers)
+    assert summary["followed_strict"] == [True, False, False]
+    assert summary["prompt_level_strict"] == pytest.approx(1 / 3)
+    assert summary["instruction_level_strict"] == pytest.approx(4 / 6)  # 2 + 1 (lower) + 1 (no comma)
+    assert summary["prompt_level_loose"] == pytest.approx(2 / 3)  # the third without "Sure:" passes both
+    assert summary["instruction_level_loose"] == pytest.approx(5 / 6)
+    assert summary["by_instruction"] == {"change_case:english_lowercase": {"followed": 2, "of": 3},
+                                         "punctuation:no_comma": {"followed": 2, "of": 3}}
+
+
+def test_taught_and_not_taught_types_are_scored_apart_and_shown_in_the_report_card():
+    from sft.data.constraints import HELD_OUT
+    from sft.eval import evaluate, report_card
+
+    taught, not_taught = "punctuation:no_comma", HELD_OUT[0]
+    score = evaluate.by_group({"by_instruction": {taught: {"followed": 3, "of": 4},
+                                                  not_taught: {"followed": 1, "of": 5}}})
+    assert (score["instruction_level_taught"], score["instruction_level_not_taught"]) == (0.75, 0.2)
+    results = {"fine-tuned": {"ifeval": {**score, "prompt_level_strict": 0.5, "prompt_level_loose": 0.5,
+                                         "instruction_level_strict": 0.4, "instruction_level_loose": 0.4,
+                                         "followed_strict": []}}}
+    card = "\n".join(report_card.per_instruction(results))
+    assert "| fine-tuned | 75.0% | 20.0% |" in card
+    assert f"| `{taught}` (taught) | 3/4 |" in card and f"| `{not_taught}` | 1/5 |" in card
 
 
 def test_the_sentence_splitter_is_nltks_punkt_with_its_english_parameters():
@@ -67,11 +101,25 @@ def test_eval_writes_a_report_card_that_holds_the_numbers_it_printed(quick_run):
     assert report["prompts"] == 6 and report["sentence_splitter"] == ifeval.SENTENCE_SPLITTER
     for name, row in zip(names, rows):
         model = report["models"][name]
-        assert f"{model['ifeval']['prompt_level_strict']:.1%}" in row
+        cells = row.strip("| ").split(" | ")
+        assert cells[1] == (f"{model['ifeval']['prompt_level_strict']:.1%} "
+                            f"({model['ifeval']['prompt_level_loose']:.1%})")
+        assert cells[2] == (f"{model['ifeval']['instruction_level_strict']:.1%} "
+                            f"({model['ifeval']['instruction_level_loose']:.1%})")
         if "held_out_loss" in model and model["held_out_loss"] is not None:
             assert f"{model['held_out_loss']:.3f}" in row
     tuned = report["models"]["fine-tuned"]
     assert len(tuned["answers"]) == 6 and tuned["behaviour"]["mean_answer_tokens"] <= 8
+    # the example answers carry their own verdicts, and the cut row scores the base's cut answers
+    for answer in tuned["answers"][:3]:
+        verdict = "followed" if answer["ifeval_followed"] else "not followed"
+        assert f"({answer['new_tokens']} tokens; {verdict})" in card
+    items = ifeval.prompts(6)
+    cut = [compare.cut_at_role(a["text"]) for a in report["models"]["base"]["answers"]]
+    assert report["models"]["base, cut at its first role line"]["ifeval"]["followed_strict"] == (
+        ifeval.score(items, cut)["followed_strict"])
+    for kind, counts in tuned["ifeval"]["by_instruction"].items():  # one row per instruction type
+        assert f"| `{kind}`" in card and f"{counts['followed']}/{counts['of']}" in card
     # the held-out loss is a true per-token mean over the whole split, close to the Trainer's batch-mean one
     metadata = json.loads((out_dir / "training_metadata.json").read_text())["results"]
     assert tuned["held_out_loss"] == pytest.approx(metadata["eval_loss"], rel=0.02)
@@ -109,3 +157,22 @@ def test_answers_appear_under_each_evaluation_while_training(quick_run):
     _, result = quick_run
     evaluations = result.stdout.count("eval  | step")
     assert evaluations == 2 and result.stdout.count("  What is the capital of France?  ->  ") == evaluations
+
+
+def test_the_base_models_answers_are_generated_once_per_base_prompts_and_decoding(chat_model_dir, capsys):
+    from sft import generation, models
+    from sft.eval import evaluate
+
+    model, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
+    prompts = ["What is the capital of France?", "Name a colour."]
+    decoding = generation.Decoding(max_new_tokens=4)
+    first, _ = evaluate.kept_answers(model, tokenizer, prompts, decoding, "base")
+    assert "were kept" not in capsys.readouterr().out
+    again, _ = evaluate.kept_answers(model, tokenizer, prompts, decoding, "base")
+    assert "were kept from an earlier evaluation" in capsys.readouterr().out and again == first
+    longer, _ = evaluate.kept_answers(model, tokenizer, prompts, generation.Decoding(max_new_tokens=6), "base")
+    assert "were kept" not in capsys.readouterr().out and max(a.new_tokens for a in longer) == 6
+    with torch.no_grad():  # other weights: another base
+        next(model.parameters()).add_(0.5)
+    evaluate.kept_answers(model, tokenizer, prompts, decoding, "base")
+    assert "were kept" not in capsys.readouterr().out

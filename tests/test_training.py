@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import quick_args, run_script
 
+from sft.generation import CHAT_DEFAULTS, chat_defaults
 from sft.train.metadata import METADATA_FILE
 
 TUTORIAL_FIELDS = ["base_model", "dataset", "num_samples", "num_epochs", "learning_rate", "model_parameters"]
@@ -19,6 +20,9 @@ def test_quick_test_writes_a_complete_model_folder(quick_run):
     assert not list(out_dir.glob("*.bin")) and not list(out_dir.parent.glob(".chatbot-test*"))
     generation = json.loads((out_dir / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 50256 and generation["pad_token_id"] == 50256
+    # the chat defaults that local chat tools and the chat modes read (compare and eval stay greedy)
+    assert {key: generation.get(key) for key in CHAT_DEFAULTS} == CHAT_DEFAULTS
+    assert chat_defaults(out_dir) == CHAT_DEFAULTS
 
 
 def test_metadata_is_complete_and_plausible(quick_run, tiny_gpt2_dir, chats_jsonl):

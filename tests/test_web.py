@@ -115,6 +115,7 @@ def test_the_official_openai_client_streams_from_it(server):
     ({"messages": [{"role": "user", "content": "word " * 1100}]}, 400, "tokens long"),
     ({"messages": HELLO, "temperature": -1}, 400, "'temperature' must be a number in [0, 2]"),
     ({"messages": HELLO, "top_p": 0}, 400, "'top_p' must be a number in (0, 1]"),
+    ({"messages": HELLO, "repetition_penalty": 0.5}, 400, "'repetition_penalty' must be a number in [1, 2]"),
     ({"messages": HELLO, "max_tokens": 0}, 400, "'max_tokens' must be an integer in [1, 1023]"),
     ({"messages": HELLO, "max_tokens": 5000}, 400, "'max_tokens' must be an integer in [1, 1023]"),
     ({"messages": HELLO, "max_tokens": 2.5}, 400, "'max_tokens' must be an integer in [1, 1023]"),
@@ -240,6 +241,10 @@ def test_the_page_streams_answers_side_by_side_in_chromium(server, browser, tmp_
     browser.get(server + "/")
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".column"))
+    # the decoding settings start from the model folder's chat defaults (generation_config.json)
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=decoding]:checked").get_attribute("value") == "sampling"
+    assert [browser.find_element(By.ID, i).get_attribute("value") for i in ("temperature", "top-p",
+                                                                            "repetition-penalty")] == ["0.7", "0.9", "1.1"]
     browser.find_element(By.ID, "side-by-side").click()
     assert [c.get_attribute("data-model") for c in browser.find_elements(By.CSS_SELECTOR, ".column")] == [
         "base", "fine-tuned"]

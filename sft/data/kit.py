@@ -12,6 +12,10 @@ sentence or a code block), each request once, a request of 3-80 words and an ans
 1,000 characters at most together, English (langdetect, seeded), and nothing that shares 8 words in a
 row with an IFEval prompt (ifeval.py scores on those).
 A fixed tenth of them (by a hash of their id) is the test split: held out from every run, whatever the seed.
+Two more kinds, for training only (the test split stays first exchanges of 15-100 words):
+- the conversation's next one or two exchanges, where they pass the same checks (2,000 characters at
+  most in all): a second turn that uses the first, for the chat modes, which are multi-turn;
+- LONG: first exchanges whose answer has 100-300 words (2,500 characters at most), to show long answers.
 
 CHATTERBOT: the English conversations of the PyPI package chatterbot-corpus (BSD-3-Clause), about 2,000
 one-line quips. A quick check that the pipeline works, but a poor teacher: --dataset-name chatterbot-corpus.
@@ -20,6 +24,7 @@ one-line quips. A quick check that the pipeline works, but a poor teacher: --dat
 import hashlib
 import json
 import os
+import random
 import re
 from pathlib import Path
 
@@ -28,15 +33,19 @@ from sft.offline_kit import cache_dir, missing_package
 SHAREGPT = "sharegpt-first-exchanges"  # --dataset-name of each, also their name in the metadata and model card
 CHATTERBOT = "chatterbot-corpus"
 REQUEST_WORDS, ANSWER_WORDS, MAX_CHARACTERS = (3, 80), (15, 100), 1000  # sized for quick_test.py on a CPU
+LONG_ANSWER_WORDS, LONG_MAX_CHARACTERS = (101, 300), 2500  # the long answers
+MAX_EXCHANGES, MULTI_TURN_MAX_CHARACTERS = 3, 2000  # a multi-turn chat: up to 3 exchanges
 OVERLAP_WORDS = 8  # an exchange sharing this many words in a row with an IFEval prompt is dropped
 TEST_SHARE = 10  # one exchange in TEST_SHARE is in the test split
 _WHOLE_ANSWER = re.compile(r"([.!?:)\]\"'*]|```)\s*$")  # ends a sentence or a code block, not cut off
-SELECTION_FILE = "sharegpt-first-exchanges-v3.jsonl"  # the selection, cached (langdetect takes a few seconds)
+SELECTION_FILE = "sharegpt-first-exchanges-v4.jsonl"  # the selection, cached (langdetect takes a few seconds)
 
 
 # --- ShareGPT first exchanges ----------------------------------------------------------------------
-def sharegpt_exchanges() -> tuple[list[list[dict]], list[list[dict]]]:
-    """(training pool, test split) of the kit's instruction data, as messages, in the file's order."""
+def sharegpt_exchanges(kind: str = "first") -> tuple[list[list[dict]], list[list[dict]]]:
+    """(training pool, test split) of the kit's instruction data, as messages, in the file's order.
+    kind "first": first exchanges; "multi-turn": the same chats with the exchanges that follow, where
+    any do (the test split stays first exchanges); "long": the long answers (for training only)."""
     cached = cache_dir() / SELECTION_FILE
     if not cached.exists():
         records = select(read_sharegpt_file())
@@ -47,7 +56,12 @@ def sharegpt_exchanges() -> tuple[list[list[dict]], list[list[dict]]]:
     records = [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
     pool, test = [], []
     for record in records:
-        (test if in_test_split(record["id"]) else pool).append(as_messages(record))
+        if (record["kind"] == "long") != (kind == "long"):
+            continue
+        if in_test_split(record["id"]):
+            test.append(as_messages(record)) if kind == "first" else None
+        elif kind != "multi-turn" or record["more"]:
+            pool.append(as_messages(record, with_more=kind == "multi-turn"))
     return pool, test
 
 
@@ -78,27 +92,64 @@ def select(records: list[dict]) -> list[dict]:
 
     DetectorFactory.seed = 0  # langdetect is random unless seeded
     ifeval_runs = set().union(*(word_runs(p["prompt"]) for p in ifeval.prompts()))
-    kept, requests_seen = [], set()
-    for record in records:
-        turns = record["conversations"][:2]
-        if not (record["id"].endswith("_0") and [t["from"] for t in turns] == ["human", "gpt"]):
-            continue
-        request, answer = turns[0]["value"].strip(), turns[1]["value"].strip()
-        if not (within(request, REQUEST_WORDS) and within(answer, ANSWER_WORDS) and _WHOLE_ANSWER.search(answer)
-                and len(request) + len(answer) <= MAX_CHARACTERS):
-            continue
+    def usable(request, answer, answer_words, max_characters):
+        if not (within(request, REQUEST_WORDS) and within(answer, answer_words) and _WHOLE_ANSWER.search(answer)
+                and len(request) + len(answer) <= max_characters):
+            return False
         if word_runs(request) & ifeval_runs or word_runs(answer) & ifeval_runs:
-            continue
-        if request.lower() in requests_seen:  # asked twice (the file repeats some): once, so in one split only
-            continue
+            return False
         try:
-            if detect(request + "\n" + answer) != "en":
-                continue
+            return detect(request + "\n" + answer) == "en"
         except LangDetectException:  # no letters at all
-            continue
-        requests_seen.add(request.lower())
-        kept.append({"id": record["id"], "request": request, "answer": answer})
+            return False
+
+    kept, requests_seen = [], set()
+    for kind, answer_words, max_characters in (("first", ANSWER_WORDS, MAX_CHARACTERS),
+                                               ("long", LONG_ANSWER_WORDS, LONG_MAX_CHARACTERS)):
+        for record in records:
+            exchanges = list(zip(record["conversations"][0::2], record["conversations"][1::2]))
+            if not (record["id"].endswith("_0") and exchanges
+                    and (exchanges[0][0]["from"], exchanges[0][1]["from"]) == ("human", "gpt")):
+                continue
+            request, answer = exchanges[0][0]["value"].strip(), exchanges[0][1]["value"].strip()
+            # asked twice (the file repeats some), or already kept as the other kind: once, so in one split only
+            if request.lower() in requests_seen or not usable(request, answer, answer_words, max_characters):
+                continue
+            requests_seen.add(request.lower())
+            more = following_exchanges(exchanges, len(request) + len(answer), usable) if kind == "first" else []
+            kept.append({"id": record["id"], "kind": kind, "request": request, "answer": answer, "more": more})
     return kept
+
+
+def following_exchanges(exchanges, characters: int, usable) -> list[tuple[str, str]]:
+    """The exchanges after the first that pass the same checks, up to MAX_EXCHANGES in all (stopping at the
+    first that does not: a later turn may build on it)."""
+    more = []
+    for asked, answered in exchanges[1:MAX_EXCHANGES]:
+        pair = asked["value"].strip(), answered["value"].strip()
+        characters += len(pair[0]) + len(pair[1])
+        if ((asked["from"], answered["from"]) != ("human", "gpt") or characters > MULTI_TURN_MAX_CHARACTERS
+                or not usable(*pair, ANSWER_WORDS, MAX_CHARACTERS)):
+            break
+        more.append(pair)
+    return more
+
+
+def mixed(train: list[list[dict]], seed: int, multi_turn: float, long: float) -> tuple[list, dict]:
+    """The training chats with a share `multi_turn` of them continued by the exchanges that follow (as many
+    as have some) and a share `long` replaced by long answers: (chats, how many of each)."""
+    rng, train = random.Random(seed), list(train)
+    following = {chat[0]["content"]: chat for chat in sharegpt_exchanges("multi-turn")[0]}
+    can = [i for i, chat in enumerate(train) if chat[0]["content"] in following]
+    for index in rng.sample(can, min(round(multi_turn * len(train)), len(can))):
+        train[index] = following[train[index][0]["content"]]
+    longer = sharegpt_exchanges("long")[0]
+    rng.shuffle(longer)
+    n_long = min(round(long * len(train)), len(longer))
+    replaced = rng.sample([i for i, chat in enumerate(train) if len(chat) == 2], n_long)
+    for index, chat in zip(replaced, longer):
+        train[index] = chat
+    return train, {"multi_turn": sum(len(c) > 2 for c in train), "long_answers": n_long}
 
 
 def within(text: str, words: tuple[int, int]) -> bool:
@@ -115,8 +166,10 @@ def in_test_split(conversation_id: str) -> bool:
     return int(hashlib.sha256(conversation_id.encode()).hexdigest(), 16) % TEST_SHARE == 0
 
 
-def as_messages(record: dict) -> list[dict]:
-    return [{"role": "user", "content": record["request"]}, {"role": "assistant", "content": record["answer"]}]
+def as_messages(record: dict, with_more: bool = False) -> list[dict]:
+    exchanges = [(record["request"], record["answer"])] + (record["more"] if with_more else [])
+    return [{"role": role, "content": text} for exchange in exchanges
+            for role, text in zip(("user", "assistant"), exchange)]
 
 
 # --- chatterbot corpus ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import math
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.data import kit
@@ -229,6 +229,7 @@ class ChatData:
     split: str  # "-" when the source has no splits
     format: str
     notices: list[str]
+    mix: dict = field(default_factory=dict)  # the kit's training chats made multi-turn, long, or asking for a form
 
 
 def looks_like_path(name: str) -> bool:
@@ -236,9 +237,10 @@ def looks_like_path(name: str) -> bool:
 
 
 def chat_dataset(name: str, split: str, num_train: int, eval_fraction: float, seed: int, offline: bool,
-                 hub_available=None) -> ChatData:
+                 hub_available=None, kit_mix: dict | None = None) -> ChatData:
     """The chats of `name` (Hub dataset or local path) as messages: `num_train` to train on, and a held-out
-    split. Prints what was loaded, and why if it is not what was asked for (offline kit, fewer chats)."""
+    split. With the kit's instruction data, `kit_mix` gives the shares of training chats that are multi-turn,
+    long, or ask for a form (constraints.py). Prints what was loaded, and why if it is not what was asked for."""
     from sft.console import banner
     from sft.models import hub_available as hub
 
@@ -247,7 +249,24 @@ def chat_dataset(name: str, split: str, num_train: int, eval_fraction: float, se
         banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
     print(f"\nData: {chats.name} [{chats.format}, from {chats.source}]: {len(chats.train)} training and "
           f"{len(chats.eval)} held-out conversations.")
+    if chats.name == kit.SHAREGPT and kit_mix:
+        mix_kit_chats(chats, seed, **kit_mix)
     return chats
+
+
+def mix_kit_chats(chats: ChatData, seed: int, multi_turn: float, long: float, constraints: float) -> None:
+    """Make about these shares of the kit's training chats multi-turn, long, and asking for a form (with the
+    answer rewritten to obey). The held-out chats stay first exchanges, comparable with runs without."""
+    from sft.data import constraints as forms
+    from sft.eval import ifeval
+
+    chats.train, chats.mix = kit.mixed(chats.train, seed, multi_turn, long)
+    ifeval_runs = set().union(*(kit.word_runs(p["prompt"]) for p in ifeval.prompts()))
+    chats.train, made = forms.with_constraints(chats.train, constraints, seed, ifeval_runs)
+    chats.mix["form_instructions"] = dict(sorted(made.items()))
+    print(f"Mix: {chats.mix['multi_turn']} multi-turn chats, {chats.mix['long_answers']} long answers, and "
+          f"{sum(made.values())} that ask for a form (lowercase, JSON, bullets, ...: {len(made)} of IFEval's "
+          f"types; its {len(forms.HELD_OUT)} others are left out, to see what transfers).")
 
 
 def read_chats(name: str, split: str, num_train: int, eval_fraction: float, seed: int, offline: bool,

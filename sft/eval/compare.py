@@ -189,7 +189,7 @@ def write_report(folder: Path, models: dict[str, str], decoding: Decoding, resul
               "answers": {name: [dataclasses.asdict(a) for a in answers] for name, answers in results.items()}}
     (folder / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# {' vs '.join(models)}", "", *(f"- **{name}**: `{path}`" for name, path in models.items()),
-             f"- decoding: {'sampling' if decoding.sample else 'greedy'}, up to {decoding.max_new_tokens} new tokens",
+             f"- decoding: {decoding.describe()}, up to {decoding.max_new_tokens} new tokens",
              "", *metrics_table(summaries), ""]
     names = list(results)
     for i, answer in enumerate(results[names[0]]):

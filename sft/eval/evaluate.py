@@ -11,6 +11,7 @@ Its raw score is inflated: it echoes the request, with its formatting examples, 
 
 import time
 
+from sft.data.constraints import HELD_OUT
 from sft.data.masking import IGNORE_INDEX, encode_chat
 from sft.eval import compare, ifeval
 
@@ -23,15 +24,66 @@ def evaluate(contenders: dict, tokenizer, items: list[dict], decoding, held_out:
     """Answers, IFEval scores, behaviour and held-out loss for each model in `contenders` (name -> model)."""
     results, started = {}, time.time()
     for name, model in contenders.items():
-        answers, speed = compare.generate_answers(model, tokenizer, [item["prompt"] for item in items], decoding,
-                                                  name=name)
+        prompts = [item["prompt"] for item in items]
+        if name == "base":  # the same for every model trained from this base: generated once, then kept
+            answers, speed = kept_answers(model, tokenizer, prompts, decoding, name)
+        else:
+            answers, speed = compare.generate_answers(model, tokenizer, prompts, decoding, name=name)
         results[name] = {"answers": answers, "behaviour": compare.summarize(answers, speed),
-                         "ifeval": ifeval.score(items, [answer.text for answer in answers]),
+                         "ifeval": by_group(ifeval.score(items, [answer.text for answer in answers])),
                          "held_out_loss": held_out_loss(model, tokenizer, held_out, max_length) if held_out else None}
         if name == "base":
-            results[CUT_BASE] = {"ifeval": ifeval.score(items, [compare.cut_at_role(a.text) for a in answers])}
+            results[CUT_BASE] = {"ifeval": by_group(ifeval.score(items, [compare.cut_at_role(a.text) for a in answers]))}
     results["seconds"] = round(time.time() - started, 1)
     return results
+
+
+def by_group(score: dict) -> dict:
+    """IFEval's score with instruction-level strict added for the types the kit's form instructions teach
+    (constraints.py) and for the others, left out of them on purpose."""
+    groups = {"taught": [v for k, v in score["by_instruction"].items() if k not in HELD_OUT],
+              "not_taught": [v for k, v in score["by_instruction"].items() if k in HELD_OUT]}
+    return {**score, **{f"instruction_level_{group}": sum(v["followed"] for v in counts) / sum(v["of"] for v in counts)
+                        for group, counts in groups.items() if counts}}
+
+
+def kept_answers(model, tokenizer, prompts: list[str], decoding, name: str):
+    """compare.generate_answers, kept in the project's cache under a key of everything the answers depend on:
+    the weights, the chat template, the prompts, the decoding and the generating code. Evaluating several
+    runs from one base then generates the base's answers once (half of each evaluation's time)."""
+    import dataclasses
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from sft import generation
+    from sft.offline_kit import cache_dir
+
+    digest = hashlib.sha256()
+    for part in (model.config.to_json_string(), str(model.dtype), tokenizer.chat_template or "", json.dumps(prompts),
+                 json.dumps(dataclasses.asdict(decoding)), Path(compare.__file__).read_text(),
+                 Path(generation.__file__).read_text()):
+        digest.update(part.encode() + b"\0")
+    for tensor in model.state_dict().values():  # the weights themselves: another run's base is another base
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    path = cache_dir() / "answers" / f"{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        print(f"The {name} model's answers to these prompts were kept from an earlier evaluation ({path}).")
+        return [compare.Answer(**answer) for answer in kept["answers"]], kept["tokens_per_second"]
+    answers, speed = compare.generate_answers(model, tokenizer, prompts, decoding, name=name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        partial.write_text(json.dumps({"answers": [dataclasses.asdict(a) for a in answers],
+                                       "tokens_per_second": speed}), encoding="utf-8")
+        partial.replace(path)  # whole or absent
+    except OSError:  # an unwritable cache costs only the keeping
+        pass
+    return answers, speed
 
 
 def held_out_loss(model, tokenizer, chats: list, max_length: int, batch_size: int = 8) -> float | None:
@@ -103,4 +155,14 @@ def table(results: dict) -> list[str]:
                 f"{behaviour['repetition_rate']:.0%} | {behaviour['mean_answer_tokens']:.0f} | " if behaviour
                 else "– | – | – | – | ")
         rows.append(row + (f"{loss:.3f} |" if loss is not None else "– |"))
+    return rows
+
+
+def taught_table(results: dict) -> list[str]:
+    """Instruction-level strict for the IFEval types the kit's form instructions teach, and for the others."""
+    rows = ["| model | types taught, instruction-level strict | types not taught |", "|---|---|---|"]
+    for name, result in results.items():
+        if isinstance(result, dict):
+            cells = [result["ifeval"].get(f"instruction_level_{group}") for group in ("taught", "not_taught")]
+            rows.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.1%}" for c in cells) + " |")
     return rows

@@ -10,7 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from sft.eval.evaluate import CUT_BASE, table
+from sft.data.constraints import HELD_OUT, TRAINED
+from sft.eval.evaluate import CUT_BASE, table, taught_table
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 EXAMPLES = 3
@@ -85,8 +86,8 @@ def markdown(metadata: dict | None, items: list[dict], results: dict, about: dic
                   f"`{trained['dataset']}`: {trained['optimizer_steps']} optimizer steps at learning rate "
                   f"{trained['learning_rate']:g}{' with LoRA' if trained['lora'] else ''} "
                   "(`training_metadata.json` has everything).", "", "![loss curve](loss_curve.png)", ""]
-    lines += [f"Evaluated on {about['prompts']} of IFEval's {about['of']} prompts ({about['subset']}), greedy, up "
-              f"to {about['max_new_tokens']} new tokens, each prompt rendered by the fine-tuned model's chat "
+    lines += [f"Evaluated on {about['prompts']} of IFEval's {about['of']} prompts ({about['subset']}), "
+              f"{about['decoding']}, up to {about['max_new_tokens']} new tokens, each prompt rendered by the fine-tuned model's chat "
               f"template; scored by Google's rules (lm-eval's copy), sentences counted with "
               f"{about['sentence_splitter']}. {about['machine']}, {about['precision']}, batches of "
               f"{about['batch_size']}, {about['seconds']:.0f} s.", "",
@@ -104,11 +105,16 @@ def markdown(metadata: dict | None, items: list[dict], results: dict, about: dic
 def per_instruction(results: dict) -> list[str]:
     names = [name for name, result in results.items() if isinstance(result, dict)]
     kinds = sorted({kind for name in names for kind in results[name]["ifeval"]["by_instruction"]})
-    lines = ["## Per instruction type (strict)", "", "| instruction | " + " | ".join(names) + " |",
+    lines = ["## Taught and not taught", "",
+             f"The kit's form instructions (`sft/data/constraints.py`) teach {len(TRAINED)} of IFEval's instruction "
+             f"types; the other {len(HELD_OUT)} are left out on purpose, so their score shows what transferred.", "",
+             *taught_table(results), "",
+             "## Per instruction type (strict)", "", "| instruction | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]
     for kind in kinds:
         cells = [results[name]["ifeval"]["by_instruction"].get(kind, {"followed": 0, "of": 0}) for name in names]
-        lines.append(f"| `{kind}` | " + " | ".join(f"{c['followed']}/{c['of']}" for c in cells) + " |")
+        taught = "" if kind in HELD_OUT else " (taught)"
+        lines.append(f"| `{kind}`{taught} | " + " | ".join(f"{c['followed']}/{c['of']}" for c in cells) + " |")
     return lines + [""]
 
 

@@ -214,10 +214,11 @@ def parse(body: bytes, models: dict, tokenizer, window: int) -> Request:
 
 
 def decoding_of(data: dict, window: int) -> Decoding:
-    """OpenAI's settings: temperature 0 (the default here) is greedy decoding. Integers are numbers too."""
+    """OpenAI's settings, and repetition_penalty as vLLM takes it. An API client that sends no temperature gets
+    greedy decoding (0); the page sends the model's chat defaults. Integers are numbers too."""
     checks = {"max_tokens": (int, 1, window - 1), "temperature": (float, 0, 2), "top_p": (float, 0, 1),
-              "seed": (int, 0, 2**32 - 1)}
-    values = {"max_tokens": 150, "temperature": 0.0, "top_p": 1.0, "seed": 42}
+              "seed": (int, 0, 2**32 - 1), "repetition_penalty": (float, 1, 2)}
+    values = {"max_tokens": 150, "temperature": 0.0, "top_p": 1.0, "seed": 42, "repetition_penalty": 1.0}
     if data.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
         data = {**data, "max_tokens": data["max_completion_tokens"]}
     for key, (kind, low, high) in checks.items():
@@ -230,7 +231,8 @@ def decoding_of(data: dict, window: int) -> Decoding:
                                 f"{'(' if key == 'top_p' else '['}{low}, {high}], not {value!r}", key)
         values[key] = kind(value)
     return Decoding(max_new_tokens=values["max_tokens"], sample=values["temperature"] > 0,
-                    temperature=values["temperature"] or 1.0, top_p=values["top_p"], seed=values["seed"])
+                    temperature=values["temperature"] or 1.0, top_p=values["top_p"], seed=values["seed"],
+                    repetition_penalty=values["repetition_penalty"])
 
 
 def labels(text: str, token_ids: list[int], eos_token_id: int, max_new_tokens: int) -> dict:

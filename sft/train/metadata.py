@@ -46,7 +46,8 @@ def describe(run, trainer, source, chats, token_stats: dict) -> dict:
                  "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
                  "conversations_dropped": token_stats["dropped"],  # first answer did not fit max_length
                  "conversations_truncated": token_stats["truncated"],  # later turns cut at a turn boundary
-                 "trained_tokens_per_epoch": token_stats["trained_tokens"]},
+                 "trained_tokens_per_epoch": token_stats["trained_tokens"],
+                 "kit_mix": chats.mix},  # the kit's training chats made multi-turn, long, or asking for a form
         "lora": lora_summary(trainer.model, s),
         "results": results(run, trainer),
         "environment": environment(run),

@@ -2,7 +2,8 @@
 
 OUTPUT_DIR is a standard Hugging Face model folder:
 
-    model.safetensors, config.json, generation_config.json   weights; generation stops at end-of-text
+    model.safetensors, config.json, generation_config.json   weights; generation stops at end-of-text and
+                                                              samples as in CHAT_DEFAULTS (generation.py)
     tokenizer.json, tokenizer_config.json                     tokenizer with the chat template
     training_metadata.json                                    see metadata.py
     loss_curve.png                                            train and eval loss against steps
@@ -19,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.generation import CHAT_DEFAULTS
 from sft.train.lora import merge_adapter
 from sft.train.metadata import write_metadata
 from sft.train.model_card import model_card
@@ -47,6 +49,7 @@ def write_model_folder(run, trainer, tokenizer, record: dict) -> None:
         # Generation stops at end-of-text, the token that closes every answer in training.
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.update(**CHAT_DEFAULTS)  # how local chat tools and our chat modes decode
         model.save_pretrained(staging, state_dict=state_dict)  # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(staging)  # with the chat template (chat_template.jinja)
         dpo = record["stage"] == "dpo"
