@@ -134,7 +134,7 @@ def test_the_dpo_model_reloads_and_chats_through_the_same_template(dpo_run):
 
     out_dir, _ = dpo_run
     result = run_script("test_chatbot.py", "--model", str(out_dir), "-p", "What is the capital of France?",
-                        "--max-new-tokens", "8")
+                        "--max-new-tokens", "8", "--greedy")  # the folder's own chat defaults would sample
     assert result.returncode == 0, result.stderr[-2000:]
     tokenizer, model = AutoTokenizer.from_pretrained(out_dir), AutoModelForCausalLM.from_pretrained(out_dir)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
@@ -161,7 +161,8 @@ def test_compare_and_eval_put_the_dpo_model_beside_its_sft_model(dpo_run, quick_
     evaluated = run_script("test_chatbot.py", "--mode", "eval", "--model", str(out_dir), "--limit", "3",
                            "--max-new-tokens", "6")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    rows = [line for line in evaluated.stdout.splitlines() if line.startswith(("| SFT |", "| DPO |"))]
+    first_table = evaluated.stdout.split("IFEval's instruction types")[0]  # then the taught / not taught table
+    rows = [line for line in first_table.splitlines() if line.startswith(("| SFT |", "| DPO |"))]
     assert len(rows) == 2 and all(row.rstrip(" |").split("| ")[-1][0].isdigit() for row in rows)  # a held-out loss
     assert "Preference-tuned (DPO) from" in (out_dir / "report.md").read_text()
 

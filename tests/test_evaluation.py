@@ -92,7 +92,8 @@ def test_eval_writes_a_report_card_that_holds_the_numbers_it_printed(quick_run):
     result = run_script("test_chatbot.py", "--mode", "eval", "--model", str(out_dir), "--limit", "6",
                         "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    first_table = result.stdout.split("IFEval's instruction types")[0]  # then the taught / not taught table
+    rows = [line for line in first_table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     assert names == ["base", "base, cut at its first role line", "fine-tuned"]
     report = json.loads((out_dir / "report.json").read_text())

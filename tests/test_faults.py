@@ -530,7 +530,7 @@ def test_qlora_without_bitsandbytes_says_how_to_install_it(tiny_gpt2_dir, chats_
     from sft.train import run
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(run, "pick_device", lambda: devices.Device("cuda", "cuda (a GPU)", "bf16"))
+    monkeypatch.setattr(run, "pick_device", lambda precision="auto": devices.Device("cuda", "cuda (a GPU)", "bf16"))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes"
                         else find_spec(name, *a))
     result = quick_test_in_process(quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--qlora"), capsys)

@@ -73,7 +73,8 @@ def test_saved_folder_reloads_and_chats_through_its_template(quick_run):
     output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     # test_chatbot.py, loading the same folder, gives the same greedy answer to the same message
-    chat = run_script("test_chatbot.py", "-p", messages[0]["content"], "--max-new-tokens", "6", "--model", str(out_dir))
+    chat = run_script("test_chatbot.py", "-p", messages[0]["content"], "--max-new-tokens", "6", "--model", str(out_dir),
+                      "--greedy")  # the folder's own chat defaults would sample
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert answer and chat.stdout.strip() == answer
 
