@@ -53,7 +53,7 @@ def ifeval_kwargs(example: constraints.Constrained) -> dict:
 def generated():
     """Form-instruction examples made from 1,500 kit exchanges, each type tried on every exchange."""
     pool, _ = kit.sharegpt_exchanges()
-    banned = set().union(*(kit.word_runs(p["prompt"]) for p in ifeval.prompts()))
+    banned = kit.ifeval_runs()
     rng, examples = random.Random(0), []
     for chat in pool[:1500]:
         made = constraints.constrain(chat, rng, banned)

@@ -11,6 +11,7 @@ Each type names the IFEval instruction it teaches. IFEval's other types (HELD_OU
 purpose: the report card scores the two groups apart, to show what was taught and what transferred.
 """
 
+import functools
 import json
 import random
 import re
@@ -43,12 +44,18 @@ class Constraint:
 # --- helpers -------------------------------------------------------------------------------------------
 def sentences(text: str) -> list[str]:
     """Sentences as NLTK's Punkt splits them, with the English parameters IFEval's checker counts them with."""
+    return [s.strip() for s in sentence_splitter()(text) if s.strip()]
+
+
+@functools.cache
+def sentence_splitter():
+    """nltk's sent_tokenize, once its English parameters are in place (ifeval.py writes them, once)."""
     import nltk
 
     from sft.eval.ifeval import prepare_sentence_splitter
 
     prepare_sentence_splitter()
-    return [s.strip() for s in nltk.tokenize.sent_tokenize(text) if s.strip()]
+    return nltk.tokenize.sent_tokenize
 
 
 def english(text: str) -> bool:

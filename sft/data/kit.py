@@ -21,6 +21,7 @@ CHATTERBOT: the English conversations of the PyPI package chatterbot-corpus (BSD
 one-line quips. A quick check that the pipeline works, but a poor teacher: --dataset-name chatterbot-corpus.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -59,7 +60,8 @@ def sharegpt_exchanges(kind: str = "first") -> tuple[list[list[dict]], list[list
         if (record["kind"] == "long") != (kind == "long"):
             continue
         if in_test_split(record["id"]):
-            test.append(as_messages(record)) if kind == "first" else None
+            if kind == "first":  # the test split is first exchanges only
+                test.append(as_messages(record))
         elif kind != "multi-turn" or record["more"]:
             pool.append(as_messages(record, with_more=kind == "multi-turn"))
     return pool, test
@@ -88,15 +90,14 @@ def select(records: list[dict]) -> list[dict]:
     """The whole, English, CPU-sized first exchanges that share no 8-word run with an IFEval prompt."""
     from langdetect import DetectorFactory, LangDetectException, detect
 
-    from sft.eval import ifeval
-
     DetectorFactory.seed = 0  # langdetect is random unless seeded
-    ifeval_runs = set().union(*(word_runs(p["prompt"]) for p in ifeval.prompts()))
+    banned = ifeval_runs()
+
     def usable(request, answer, answer_words, max_characters):
         if not (within(request, REQUEST_WORDS) and within(answer, answer_words) and _WHOLE_ANSWER.search(answer)
                 and len(request) + len(answer) <= max_characters):
             return False
-        if word_runs(request) & ifeval_runs or word_runs(answer) & ifeval_runs:
+        if word_runs(request) & banned or word_runs(answer) & banned:
             return False
         try:
             return detect(request + "\n" + answer) == "en"
@@ -160,6 +161,14 @@ def word_runs(text: str, n: int = OVERLAP_WORDS) -> set[tuple[str, ...]]:
     """Every run of `n` consecutive words (lower case, letters and digits only); a shorter text is one run."""
     words = re.findall(r"[a-z0-9]+", text.lower())
     return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+@functools.cache
+def ifeval_runs() -> frozenset:
+    """Every run of OVERLAP_WORDS words in IFEval's prompts: no kit chat, nor a request made from one, shares one."""
+    from sft.eval import ifeval
+
+    return frozenset().union(*(word_runs(p["prompt"]) for p in ifeval.prompts()))
 
 
 def in_test_split(conversation_id: str) -> bool:

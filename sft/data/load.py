@@ -258,11 +258,9 @@ def mix_kit_chats(chats: ChatData, seed: int, multi_turn: float, long: float, co
     """Make about these shares of the kit's training chats multi-turn, long, and asking for a form (with the
     answer rewritten to obey). The held-out chats stay first exchanges, comparable with runs without."""
     from sft.data import constraints as forms
-    from sft.eval import ifeval
 
     chats.train, chats.mix = kit.mixed(chats.train, seed, multi_turn, long)
-    ifeval_runs = set().union(*(kit.word_runs(p["prompt"]) for p in ifeval.prompts()))
-    chats.train, made = forms.with_constraints(chats.train, constraints, seed, ifeval_runs)
+    chats.train, made = forms.with_constraints(chats.train, constraints, seed, kit.ifeval_runs())
     chats.mix["form_instructions"] = dict(sorted(made.items()))
     print(f"Mix: {chats.mix['multi_turn']} multi-turn chats, {chats.mix['long_answers']} long answers, and "
           f"{sum(made.values())} that ask for a form (lowercase, JSON, bullets, ...: {len(made)} of IFEval's "

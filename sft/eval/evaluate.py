@@ -33,7 +33,8 @@ def evaluate(contenders: dict, tokenizer, items: list[dict], decoding, held_out:
                          "ifeval": by_group(ifeval.score(items, [answer.text for answer in answers])),
                          "held_out_loss": held_out_loss(model, tokenizer, held_out, max_length) if held_out else None}
         if name == "base":
-            results[CUT_BASE] = {"ifeval": by_group(ifeval.score(items, [compare.cut_at_role(a.text) for a in answers]))}
+            cut = [compare.cut_at_role(answer.text) for answer in answers]
+            results[CUT_BASE] = {"ifeval": by_group(ifeval.score(items, cut))}
     results["seconds"] = round(time.time() - started, 1)
     return results
 

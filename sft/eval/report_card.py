@@ -87,8 +87,8 @@ def markdown(metadata: dict | None, items: list[dict], results: dict, about: dic
                   f"{trained['learning_rate']:g}{' with LoRA' if trained['lora'] else ''} "
                   "(`training_metadata.json` has everything).", "", "![loss curve](loss_curve.png)", ""]
     lines += [f"Evaluated on {about['prompts']} of IFEval's {about['of']} prompts ({about['subset']}), "
-              f"{about['decoding']}, up to {about['max_new_tokens']} new tokens, each prompt rendered by the fine-tuned model's chat "
-              f"template; scored by Google's rules (lm-eval's copy), sentences counted with "
+              f"{about['decoding']}, up to {about['max_new_tokens']} new tokens, each prompt rendered by the "
+              f"fine-tuned model's chat template; scored by Google's rules (lm-eval's copy), sentences counted with "
               f"{about['sentence_splitter']}. {about['machine']}, {about['precision']}, batches of "
               f"{about['batch_size']}, {about['seconds']:.0f} s.", "",
               *table(results), "", "![the rates side by side](report.png)", ""]
