@@ -22,7 +22,7 @@ from sft.export import converter, gguf, modelfile
 
 # --- settings ----------------------------------------------------------------------------------
 MODEL = "./chatbot-finetuned"  # the model folder to export (quick_test.py writes ./chatbot-test)
-TYPE = "f16"  # f16 (as trained, to 16 bits), q8_0 (8-bit: half the size) or q4_k_m (4-bit: needs llama-cpp-python)
+TYPE = "f16"  # f16 (16-bit weights), q8_0 (8-bit: about half the size) or q4_k_m (4-bit: needs llama-cpp-python)
 OUTPUT_DIR = ""  # where the GGUF file and its Modelfile go (empty: into MODEL itself)
 LLAMA_CPP_SOURCE = ""  # PyPI's llama_cpp_python-0.3.36.tar.gz, for a machine without internet (empty: pip downloads it)
 OVERWRITE = False  # replace a GGUF file and Modelfile of this type already there
