@@ -38,7 +38,8 @@ def main(argv=None, **overrides):
     if model.saved_as:
         print(model.saved_as, flush=True)
 
-    # 2. Where the files go: refused if they are there already, unless --overwrite
+    # 2. Where the files go: refused if they are there already, unless --overwrite (or if --type cannot be written)
+    gguf.check_type(s.type)
     gguf_path, modelfile_path = gguf.output_paths(model, s.output_dir, s.type, s.overwrite)
 
     # 3. llama.cpp's own converter, from the pinned llama-cpp-python source (fetched once into the cache)

@@ -8,12 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import run_script
 
 from sft.data.chat_format import is_our_template, render
+from sft.errors import UserError
 from sft.eval.compare import DEFAULT_PROMPTS
 from sft.export import converter, gguf, modelfile
 
@@ -115,6 +117,21 @@ def refused(result, *words):
 def copy_model(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def test_q4_k_m_without_llama_cpp_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"pip install llama-cpp-python==0\.3\.36"):
+        gguf.check_type("q4_k_m")
+    with pytest.raises(UserError, match="--type must be one of f16, q8_0, q4_k_m"):
+        gguf.check_type("q2_k")
+
+
+def test_lora_and_qlora_runs_are_exported_as_the_full_models_they_were_saved_as():
+    assert gguf.how_it_was_saved({"settings": {"lora": False, "qlora": False}}) == gguf.how_it_was_saved(None) == ""
+    assert gguf.how_it_was_saved({"settings": {"lora": True, "qlora": False}}).startswith("LoRA run: the folder's "
+                                                                                          "weights have the adapter")
+    assert "merged into a full-precision copy" in gguf.how_it_was_saved({"settings": {"lora": False, "qlora": True}})
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):

@@ -92,13 +92,13 @@ def load_tokenizer(path: Path):
 
 def how_it_was_saved(metadata: dict | None) -> str:
     """Said before exporting a LoRA or QLoRA run: what the folder's weights are."""
-    lora = (metadata or {}).get("lora")
-    if not lora:
-        return ""
-    if "QLoRA" in lora.get("base_weights", ""):
+    settings = (metadata or {}).get("settings", {})
+    if settings.get("qlora"):
         return ("QLoRA run: the adapter was merged into a full-precision copy of the base model when the run saved "
                 "(4-bit weights are never exported); that full model is what is exported")
-    return "LoRA run: the folder's weights have the adapter merged in; that full model is what is exported"
+    if settings.get("lora"):
+        return "LoRA run: the folder's weights have the adapter merged in; that full model is what is exported"
+    return ""
 
 
 def check_architecture(model: ModelFolder, supported: set[str]) -> None:
@@ -113,10 +113,16 @@ def check_architecture(model: ModelFolder, supported: set[str]) -> None:
 
 
 # --- where the files go --------------------------------------------------------------------------
-def output_paths(model: ModelFolder, output_dir: str, gguf_type: str, overwrite: bool) -> tuple[Path, Path]:
-    """(the GGUF file, its Modelfile): in the model folder unless --output-dir; refused if there unless --overwrite."""
+def check_type(gguf_type: str) -> None:
+    """An unknown --type, or q4_k_m without llama.cpp's quantizer, is refused before anything is converted."""
     if gguf_type not in TYPES:
         raise UserError(f"--type must be one of {', '.join(TYPES)}, not {gguf_type!r}")
+    if gguf_type == "q4_k_m":
+        llama_cpp_library()
+
+
+def output_paths(model: ModelFolder, output_dir: str, gguf_type: str, overwrite: bool) -> tuple[Path, Path]:
+    """(the GGUF file, its Modelfile): in the model folder unless --output-dir; refused if there unless --overwrite."""
     folder = Path(output_dir).expanduser() if output_dir else model.path
     stem = f"{model.path.resolve().name}-{gguf_type}"
     paths = folder / f"{stem}.gguf", folder / f"{stem}.Modelfile"
@@ -172,16 +178,22 @@ def converter_input(model: ModelFolder):
         yield view
 
 
-def quantize(f16: Path, target: Path) -> None:
-    """q4_k_m: llama.cpp's own quantizer (llama_model_quantize), from llama-cpp-python, on the f16 file."""
+def llama_cpp_library():
+    """llama.cpp's library, through llama-cpp-python: its quantizer writes q4_k_m."""
     try:
-        import ctypes
-
         import llama_cpp
     except ImportError:
         raise UserError(f"--type q4_k_m uses llama.cpp's quantizer, which comes with llama-cpp-python: pip install "
                         f"llama-cpp-python=={converter.LLAMA_CPP_PYTHON} (it builds llama.cpp from source: cmake "
                         "and a C++ compiler; docs/export.md). f16 and q8_0 need nothing more") from None
+    return llama_cpp
+
+
+def quantize(f16: Path, target: Path) -> None:
+    """q4_k_m: llama.cpp's own quantizer (llama_model_quantize) on the f16 file."""
+    import ctypes
+
+    llama_cpp = llama_cpp_library()
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # not llama.cpp's line per tensor
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
