@@ -371,27 +371,37 @@ def kit_chat_model(kit_model_dir, tmp_path_factory):
     return folder, tokenizer
 
 
+@pytest.fixture(scope="module")
+def kit_exported(kit_chat_model, converter_cache, tmp_path_factory):
+    """The kit's Gemma 3 with our template, exported at f16: its GGUF file."""
+    folder, tokenizer = kit_chat_model
+    out_dir = tmp_path_factory.mktemp("kit-export")
+    result = export(folder, out_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    path = out_dir / "kit-chat-f16.gguf"
+    assert gguf.embedded_chat_template(path) == tokenizer.chat_template
+    return path
+
+
 @pytest.mark.slow
-def test_the_kits_gemma_3_exports_and_answers_in_llama_cpp_as_in_transformers(kit_chat_model, converter_cache,
-                                                                              tmp_path):
+def test_the_kits_modelfile_renders_our_chat_format_less_the_bos(kit_exported, kit_chat_model, tmp_path):
+    check_modelfile(kit_exported.with_suffix(".Modelfile"), kit_chat_model[1], tmp_path)
+
+
+@pytest.mark.slow
+def test_the_kits_gemma_3_answers_in_llama_cpp_as_in_transformers(kit_exported, kit_chat_model):
     import torch
     from transformers import AutoModelForCausalLM
 
     folder, tokenizer = kit_chat_model
-    result = export(folder, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    path = tmp_path / "kit-chat-f16.gguf"
-    assert gguf.embedded_chat_template(path) == tokenizer.chat_template
-    check_modelfile(path.with_suffix(".Modelfile"), tokenizer, tmp_path)
-
-    with llama(path, n_ctx=512) as llm:
+    with llama(kit_exported, n_ctx=512) as llm:
         prompt, tokens = chat_prompt_of_llama_cpp(llm, CHAT)
         assert prompt == render(tokenizer, CHAT, add_generation_prompt=True)  # <bos>System: ...\nAssistant:
         assert tokens == chat_ids(tokenizer, CHAT)
 
         # The default compare prompts, greedy, 32 tokens: llama.cpp (f16 weights) against transformers (the
         # folder's fp32 weights). Where they part, f16 rounding must explain it: the two best tokens were within
-        # 0.1 of each other in transformers.
+        # 0.1 of each other in transformers. (Measured: no parting, on all seven.)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         for text in DEFAULT_PROMPTS:
             ids = chat_ids(tokenizer, [{"role": "user", "content": text}])
