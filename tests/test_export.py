@@ -134,6 +134,23 @@ def test_lora_and_qlora_runs_are_exported_as_the_full_models_they_were_saved_as(
     assert "merged into a full-precision copy" in gguf.how_it_was_saved({"settings": {"lora": False, "qlora": True}})
 
 
+def test_without_internet_the_converters_download_says_what_to_do(tmp_path, monkeypatch):
+    for name, value in {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path), "PIP_CONFIG_FILE": os.devnull}.items():
+        monkeypatch.setenv(name, value)  # pip finds no package anywhere, as on a machine without internet
+    with pytest.raises(UserError, match="could not download llama.cpp's converter from PyPI") as refused:
+        converter.download(tmp_path)
+    assert "pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all:" in str(refused.value)
+    assert "--llama-cpp-source" in str(refused.value)
+
+
+def test_a_source_archive_that_is_not_the_pinned_one_is_refused(tmp_path):
+    archive = tmp_path / converter.SDIST
+    archive.write_bytes(b"not llama.cpp")
+    with pytest.raises(UserError, match="its sha256 differs"):
+        converter.extract(archive, tmp_path / "converter")
+    assert not (tmp_path / "converter").exists()
+
+
 def test_a_folder_without_a_model_is_refused(tmp_path):
     assert refused(export(tmp_path / "missing", tmp_path / "out"), "no model folder at", "quick_test.py")
     (tmp_path / "empty").mkdir()
