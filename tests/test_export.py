@@ -290,9 +290,10 @@ def test_only_our_template_is_written_as_a_go_template(chat_tokenizer):
 
 def test_sampling_settings_of_the_folder_reach_the_modelfile(chat_model_dir):
     model = gguf.read_model_folder(str(chat_model_dir))
-    model.generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    model.generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
     values = dict(modelfile_commands(modelfile.modelfile(model, Path("x-f16.gguf"))))
     assert values["PARAMETER temperature"] == "0.7" and values["PARAMETER top_p"] == "0.9"
+    assert values["PARAMETER repeat_penalty"] == "1.1" and "PARAMETER top_k" not in values
 
 
 # --- a real llama.cpp runtime --------------------------------------------------------------------

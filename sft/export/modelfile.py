@@ -49,16 +49,18 @@ def stop_words(eos_token: str) -> list[str]:
 
 
 def decoding(generation: dict) -> list[tuple[str, object, str]]:
-    """(Ollama parameter, value, why): the folder's sampling settings if generation_config.json has them, else
-    this project's chat defaults, greedy; no repetition penalty, as in transformers."""
-    if generation.get("do_sample"):
-        settings = [(name, generation[name], "from generation_config.json")
-                    for name in ("temperature", "top_p", "top_k") if name in generation]
-    else:
-        settings = [("temperature", 0, "greedy, as test_chatbot.py chats by default (generation_config.json does "
-                                       "not sample); its --sample is temperature 0.7, top_p 0.9")]
+    """(Ollama parameter, value, why): the folder's chat decoding if its generation_config.json samples, else
+    greedy, as test_chatbot.py's chat then decodes, with no repetition penalty (Ollama's default is 1.1)."""
+    if not generation.get("do_sample"):
+        return [("temperature", 0, "greedy: generation_config.json does not sample, and test_chatbot.py's chat "
+                                   "then decodes greedily"),
+                ("repeat_penalty", 1, "none, as in transformers (Ollama's default: 1.1)"),
+                ("num_predict", CHAT_MAX_NEW_TOKENS, "answer length limit, as in test_chatbot.py's chat")]
+    settings = [(name, generation[name], "generation_config.json's") for name in ("temperature", "top_p", "top_k")
+                if name in generation]
     return settings + [
-        ("repeat_penalty", generation.get("repetition_penalty", 1), "none, as in transformers (Ollama's default: 1.1)"),
+        ("repeat_penalty", generation.get("repetition_penalty", 1), "generation_config.json's repetition penalty "
+         "(transformers applies it to every earlier token, Ollama to the last 64)"),
         ("num_predict", CHAT_MAX_NEW_TOKENS, "answer length limit, as in test_chatbot.py's chat")]
 
 
