@@ -3,8 +3,8 @@
     python docs/flags.py            # rewrite the tables between <!-- flags: SCRIPT --> and <!-- /flags -->
     python docs/flags.py --check    # exit 1 if a table is not what the scripts say (tests/test_docs.py)
 
-train_chatbot.py and train_dpo.py: one row per constant (its flag, default and comment), with what
-quick_test.py, demo_train.py and train_dpo.py --quick change; test_chatbot.py: its argparse flags.
+train_chatbot.py, train_dpo.py and export_gguf.py: one row per constant (its flag, default and comment), with
+what quick_test.py, demo_train.py and train_dpo.py --quick change; test_chatbot.py: its argparse flags.
 """
 
 import argparse
@@ -21,7 +21,9 @@ BLOCK = re.compile(r"(<!-- flags: (\S+) -->\n)(.*?)(<!-- /flags -->)", re.DOTALL
 def shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    return f"`{value}`" if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return f"`{value}`" if value else ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def flag(name: str, value) -> str:
@@ -77,6 +79,7 @@ def tables() -> dict[str, str]:
                                                                  "demo_train.py": overrides(demo_train)}),
         "train_dpo.py": constants_table("train_dpo.py", {"--quick": train_dpo.QUICK_RUN}),
         "test_chatbot.py": parser_table(test_chatbot.build_parser()),
+        "export_gguf.py": constants_table("export_gguf.py", {}),
     }
 
 

@@ -25,10 +25,12 @@ RUN_CONTROLS = ("output_dir", "overwrite", "resume", "save_steps", "logging_step
 class Settings(SimpleNamespace):
     """The run's settings as attributes (settings.batch_size), plus two derived values."""
 
-    # What a script without these settings gets (train_dpo.py: TRL switches dropout off; no --compile there).
+    # What a script without these settings gets (train_dpo.py: TRL switches dropout off; no --compile there;
+    # export_gguf.py trains nothing).
     compile = False
     dropout = None  # None: keep the model's own dropout
     freeze_embeddings = False
+    lora = qlora = False
     precision = "auto"
 
     @property

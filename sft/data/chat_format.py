@@ -46,6 +46,11 @@ def tokenizer_adds_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
+def is_our_template(template: str | None) -> bool:
+    """Whether a saved tokenizer's template is this project's (with or without the BOS token first)."""
+    return template in (_TEMPLATE, _TEMPLATE_WITH_BOS)
+
+
 def install_chat_template(tokenizer) -> None:
     """Give the tokenizer our template and a pad token; both are saved with the model."""
     if tokenizer.eos_token is None:
