@@ -111,6 +111,16 @@ def test_lora_refuses_sharding_with_a_clear_message(tiny_gpt2_dir, chats_jsonl, 
     assert "configs/ddp.yaml" in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_a_refused_run_under_the_launcher_says_why_above_its_childfailederror(tiny_gpt2_dir, chats_jsonl, tmp_path):
+    """The launcher reports a process that stopped as ChildFailedError; the error: line above it says why."""
+    args = [*settings(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", 5), "--num-train-samples", "0"]
+    result = accelerate_launch("ddp.yaml", 2, "quick_test.py", *args)
+    assert result.returncode != 0 and "ChildFailedError" in result.stderr, result.stderr[-3000:]
+    why = result.stderr.find("error: --num-train-samples must be at least 1")
+    assert 0 <= why < result.stderr.index("ChildFailedError"), result.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name, kind", [("ddp.yaml", "MULTI_GPU"), ("fsdp.yaml", "FSDP")])
 def test_accelerate_reads_each_config(name, kind):
     """FSDP needs GPUs: here only checked to be a valid accelerate config that saves whole models."""

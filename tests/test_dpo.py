@@ -255,6 +255,21 @@ def test_bad_input_exits_2_with_what_and_how_to_fix(case, message, quick_run, ti
     assert not (tmp_path / "out").exists() or case == "same folder"
 
 
+def test_pairs_whose_prompt_fills_max_length_are_refused(quick_run, tmp_path, monkeypatch, capsys):
+    """DPOTrainer leaves out a pair whose prompt alone fills --max-length: with none left, the run says why."""
+    import train_dpo
+
+    pairs = write_jsonl(tmp_path / "long.jsonl", [{"prompt": f"Question {i}: " + "why " * 40, "chosen": "Because.",
+                                                   "rejected": "No."} for i in range(40)])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        train_dpo.main(dpo_args(quick_run[0], tmp_path / "out", "--pairs", str(pairs), "--max-length", "16"))
+    stderr = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in stderr, stderr
+    assert "every pair's prompt is at least --max-length 16 tokens long, so DPO has no answer" in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
 # --- interruption and resume ---------------------------------------------------------------------
 def test_killed_dpo_run_resumes_to_the_same_weights(quick_run, pairs_jsonl, tmp_path):
     from safetensors.torch import load_file

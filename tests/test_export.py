@@ -121,8 +121,10 @@ def copy_model(source: Path, target: Path) -> Path:
 
 def test_q4_k_m_without_llama_cpp_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if it were not installed
-    with pytest.raises(UserError, match=r"pip install llama-cpp-python==0\.3\.36"):
+    with pytest.raises(UserError) as refused:
         gguf.check_type("q4_k_m")
+    assert str(refused.value).startswith("--type q4_k_m uses llama.cpp's quantizer, which comes with llama-cpp-python: "
+                                         "pip install llama-cpp-python==0.3.36")
     with pytest.raises(UserError, match="--type must be one of f16, q8_0, q4_k_m"):
         gguf.check_type("q2_k")
 
@@ -171,6 +173,14 @@ def test_a_folder_without_a_chat_template_is_refused(tiny_gpt2_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_with_its_own_code_is_not_exported(chat_model_dir, tmp_path):
+    model = copy_model(chat_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    assert refused(export(model, tmp_path / "out"), "comes with its own Python code (auto_map in its config)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unknown_architecture_is_refused(chat_model_dir, converter_cache, tmp_path):
     model = copy_model(chat_model_dir, tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
@@ -190,6 +200,33 @@ def test_an_existing_export_is_kept_unless_overwrite(exported, chat_model_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert path.read_bytes() == before and "TEMPLATE" in path.with_suffix(".Modelfile").read_text()
     assert nothing_half_written(path.parent)
+
+
+def test_an_existing_gguf_is_named_and_kept(chat_model_dir, tmp_path):
+    model = gguf.read_model_folder(str(chat_model_dir))
+    earlier = tmp_path / f"{model.path.resolve().name}-f16.gguf"
+    earlier.write_bytes(b"an earlier export")
+    with pytest.raises(UserError) as refused:
+        gguf.output_paths(model, str(tmp_path), "f16", overwrite=False)
+    assert str(refused.value).startswith(f"{earlier} already exists: pass --overwrite to replace")
+    assert gguf.output_paths(model, str(tmp_path), "f16", overwrite=True)[0] == earlier
+    assert earlier.read_bytes() == b"an earlier export"  # replaced only once a new one is complete
+
+
+def test_a_write_that_fails_leaves_nothing_and_says_why(chat_model_dir, tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(converter_dir, model_dir, outfile, gguf_type):  # the converter's output cut short
+        outfile.write_bytes(b"GGUF, half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(converter, "convert", disk_full)
+    target = tmp_path / "model-f16.gguf"
+    with pytest.raises(UserError) as refused:
+        gguf.write_gguf(gguf.read_model_folder(str(chat_model_dir)), tmp_path / "converter", "f16", target)
+    assert str(refused.value) == (f"could not write {target}: {os.strerror(errno.ENOSPC)} "
+                                  "(is the disk full or the folder read-only?)")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_conversion_leaves_no_gguf(chat_model_dir, converter_cache, tmp_path):

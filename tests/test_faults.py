@@ -57,13 +57,21 @@ def quick_test_in_process(argv, capsys):
     (["--learning-rate", "-1"], "--learning-rate must be between 0 and 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps must be at least 1"),
-    (["--max-length", "4096"], "is longer than"),
     (["--max-length", "16"], "no training conversation fits --max-length"),
 ])
 def test_bad_settings(tmp_path, tiny_gpt2_dir, chats_jsonl, extra, message):
     out_dir = tmp_path / "out"
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir), *extra)
     assert_clean_failure(result, message)
+    assert not out_dir.exists() and leftovers(tmp_path) == []
+
+
+def test_a_max_length_beyond_the_context_window_is_refused(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    out_dir = tmp_path / "out"
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-length", "1025"))
+    assert_clean_failure(result, f"--max-length 1025 is longer than {tiny_gpt2_dir}'s context window",
+                         "is longer than MODEL's context window")
+    assert "(1024 tokens): use --max-length 1024 or less" in result.stderr
     assert not out_dir.exists() and leftovers(tmp_path) == []
 
 
@@ -116,6 +124,19 @@ def test_a_folder_not_written_by_us_is_never_replaced(tmp_path, tiny_gpt2_dir, c
     result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, precious, "--overwrite"))
     assert_clean_failure(result, "not a model folder written by these scripts")
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_model_of_other_settings_is_replaced_only_with_overwrite(quick_run, tiny_gpt2_dir, chats_jsonl, tmp_path):
+    import shutil
+
+    out_dir = tmp_path / "chatbot-test"
+    shutil.copytree(quick_run[0], out_dir)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--seed", "3"))
+    assert_clean_failure(result, "holds a model trained with other settings (seed)",
+                         "holds a model trained with other settings")
+    assert "Pass --overwrite to replace it" in result.stderr
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before and leftovers(tmp_path) == []
 
 
 def test_output_dir_that_cannot_be_created(tmp_path, tiny_gpt2_dir, chats_jsonl):
@@ -381,6 +402,16 @@ def test_no_resume_starts_over(tmp_path, tiny_gpt2_dir, chats_jsonl):
     assert not (tmp_path / "out-checkpoints").exists()
 
 
+def test_checkpoints_of_a_run_with_other_settings_are_kept_unless_overwrite(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    args = quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--max-steps", "100000", "--save-steps", "1")
+    kill_after_checkpoint(args, tmp_path, 1)
+    refused = run_script("quick_test.py", *args, "--seed", "3", cwd=tmp_path)
+    assert_clean_failure(refused, "out-checkpoints holds checkpoints of an unfinished run with other settings (seed)",
+                         "holds checkpoints of an unfinished run with other settings")
+    assert "pass --overwrite to discard them" in refused.stderr
+    assert (tmp_path / "out-checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()  # not discarded
+
+
 # ----------------------------------------------------------------------------- determinism
 
 
@@ -433,7 +464,7 @@ def test_chatbot_prompt_longer_than_the_context_window(tmp_path, chat_model_dir,
     compare = run_script("test_chatbot.py", "--mode", "compare", "--model", str(quick_run[0]),
                          "--prompts", str(prompts))
     assert_clean_failure(compare, "tokens long; with 150 kept for the answer", "tokens long; with N kept")
-    assert "prompt 2 is" in compare.stderr
+    assert "error: prompt 2 is " in compare.stderr
 
 
 # ----------------------------------------------------------------------------- what the flags promise

@@ -40,6 +40,8 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path, tiny_gpt2_dir, chats_jsonl
     out_dir = tmp_path / "out"
     killed = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000"), tmp_path)
     wait_for_training(killed)
+    refused = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir), cwd=tmp_path)
+    assert refused.returncode == 2 and f"another run (pid {killed.pid}" in refused.stderr  # the lock is held
     killed.kill()  # SIGKILL: no chance to let go of the lock itself
     killed.communicate()
     after = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir), cwd=tmp_path)
@@ -74,6 +76,21 @@ def test_a_run_that_will_not_fit_on_the_disk_is_refused_before_training(small_di
                          "not enough disk space for this run: it writes about X GB")
     assert "GB free" in result.stderr and "--lora" in result.stderr and "Training:" not in result.stdout
     assert not (folder / "out").exists() and leftovers(folder) == []
+
+
+def test_the_disk_check_counts_the_checkpoints_not_only_the_model(tmp_path, monkeypatch):
+    """A 1 MB model fits in 20 MB; three 10 MB checkpoints beside it do not, and the message says so."""
+    import shutil
+
+    from sft.errors import UserError
+    from sft.train.preflight import check_disk_space
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=20 * 2**20))
+    check_disk_space(tmp_path / "out", 2**20, 10 * 2**20, checkpoints=0)  # the model alone fits
+    check_disk_space(tmp_path / "out", 2**20, 10 * 2**20, checkpoints=1)
+    with pytest.raises(UserError, match=r"3 checkpoints with their optimizer state, 0\.01 GB each"):
+        check_disk_space(tmp_path / "out", 2**20, 10 * 2**20, checkpoints=3)
 
 
 @pytest.mark.parametrize("batch, max_length", [(2, 128), (8, 1024)])

@@ -159,13 +159,19 @@ def test_report_to_tensorboard_logs_losses_beside_the_output(tmp_path, tiny_gpt2
     assert (out_dir / "loss_curve.png").is_file()  # still written
 
 
-def test_report_to_a_logger_that_is_not_installed(tmp_path, tiny_gpt2_dir, chats_jsonl):
+def test_report_to_a_logger_that_is_not_installed(tmp_path, tiny_gpt2_dir, chats_jsonl, monkeypatch, capsys):
+    """wandb as if it were not installed, whether it is here or not: refused before anything is loaded."""
     import importlib.util
 
-    if importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
-    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--report-to", "wandb"))
-    assert result.returncode == 2 and "needs the wandb package: pip install wandb" in result.stderr
+    from test_faults import assert_clean_failure, quick_test_in_process
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    result = quick_test_in_process(quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--report-to", "wandb"),
+                                   capsys)
+    assert_clean_failure(result, "--report-to wandb needs the wandb package: pip install wandb",
+                         "--report-to X needs the X package")
+    assert "Model:" not in result.stdout and not (tmp_path / "out").exists()
 
 
 def test_rerun_on_the_same_chats_loads_them_tokenized_and_trains_the_same(tmp_path, tiny_gpt2_dir, chats_jsonl,

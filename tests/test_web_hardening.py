@@ -309,6 +309,25 @@ def test_an_api_key_is_required_when_set_and_ipv6_loopback_is_served(chat_model_
         server.server_close()
 
 
+def test_a_port_another_program_holds_is_refused_saying_what_to_do(chat_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.errors import UserError
+    from sft.serve.web import ChatServer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
+    with socket.socket() as other:  # another program listening on the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(UserError) as refused:
+            ChatServer(("127.0.0.1", port), {"base": model}, tokenizer, 1024, {"about": "", "titles": {}},
+                       log=lambda line: None)
+    assert str(refused.value).startswith(f"cannot serve on 127.0.0.1 port {port}: Address already in use. Pick "
+                                         "another --port")
+
+
 def test_the_page_asks_for_the_api_key_in_chromium(chat_model_dir, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

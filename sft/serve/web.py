@@ -522,6 +522,7 @@ class ChatServer(ThreadingHTTPServer):
         check_exposure(host, api_key)
         self.loopback, self.api_key = is_loopback(host), api_key
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.closing = threading.Event()  # before binding: a failed bind calls server_close, which sets it
         try:
             super().__init__(address, Handler)
         except OSError as error:  # port taken, an address this machine does not have, no IPv6
@@ -539,7 +540,6 @@ class ChatServer(ThreadingHTTPServer):
         self.counts, self.counts_lock = Counter(), threading.Lock()
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))  # one line per refusal or failure
         self.request_deadline, self.unread, self.unread_lock = request_deadline, {}, threading.Lock()
-        self.closing = threading.Event()
         threading.Thread(target=self.enforce_deadlines, daemon=True).start()
 
     # --- the whole request within request_deadline: one watchdog for every connection
