@@ -249,7 +249,7 @@ def chat_dataset(name: str, split: str, num_train: int, eval_fraction: float, se
         banner(("OFFLINE: " if chats.source == "offline-kit" else "NOTE: ") + notice)
     print(f"\nData: {chats.name} [{chats.format}, from {chats.source}]: {len(chats.train)} training and "
           f"{len(chats.eval)} held-out conversations.")
-    if chats.name == kit.SHAREGPT and kit_mix:
+    if chats.name == kit.SHAREGPT and kit_mix and any(kit_mix.values()):
         mix_kit_chats(chats, seed, **kit_mix)
     return chats
 
