@@ -130,7 +130,7 @@ def run_eval(args, decoding):
     window = models.context_window(next(iter(contenders.values()))) or 2048
     check_prompt_lengths(tokenizer, [item["prompt"] for item in items], window, decoding.max_new_tokens)
     held_out = evaluate.held_out_chats(metadata) if metadata else None
-    max_length = metadata["settings"]["max_length"] if metadata else window
+    max_length = (metadata["settings"].get("max_length") if metadata else None) or window  # GRPO has none
     results = evaluate.evaluate(contenders, tokenizer, items, decoding, held_out, max_length)
     print("\n" + "\n".join(evaluate.table(results)))
     print("\nIFEval's instruction types that the kit's form instructions teach, and the others:\n"

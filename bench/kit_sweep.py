@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from sft.eval.evaluate import MAX_NEW_TOKENS  # noqa: E402
+from sft.eval.instructions import MAX_NEW_TOKENS  # noqa: E402
 
 FLAGS = {"lr": "--learning-rate", "epochs": "--num-epochs", "steps": "--max-steps", "len": "--max-length",
          "n": "--num-train-samples", "batch": "--batch-size", "accum": "--gradient-accumulation-steps",
@@ -54,24 +54,17 @@ def train(script: str, run: str, folder: Path) -> float:
 
 def score(folder: Path, limit: int) -> dict:
     from sft import models
-    from sft.data.constraints import CONSTRAINTS, held_out_requests
+    from sft.data.constraints import held_out_requests
     from sft.devices import pick_device
-    from sft.eval import compare, evaluate
-    from sft.generation import Decoding, load_for_generation
+    from sft.eval import evaluate, instructions
+    from sft.generation import load_for_generation
 
     model, tokenizer = load_for_generation(models.finetuned_source(str(folder)))
-    requests = held_out_requests(limit)
-    answers, speed = compare.generate_answers(model, tokenizer, [r.chat[-2]["content"] for r in requests],
-                                              Decoding(max_new_tokens=MAX_NEW_TOKENS, batch_size=32), name="fine-tuned")
-    followed = [CONSTRAINTS[r.ifeval_id.split(":")[1]].check(a.text.strip(), r.fields)  # as IFEval: strict
-                for r, a in zip(requests, answers)]
+    scored = instructions.score(model, tokenizer, held_out_requests(limit)).as_dict()
     metadata = json.loads((folder / "training_metadata.json").read_text())
     held_out = evaluate.held_out_chats(metadata)
     loss = evaluate.held_out_loss(model, tokenizer, held_out, metadata["settings"]["max_length"]) if held_out else None
-    return {"followed": sum(followed) / len(followed), "behaviour": compare.summarize(answers, speed),
-            "held_out": loss, "device": pick_device().name, "requests": len(requests),
-            "answers": [{"request": r.chat[-2]["content"], "answer": a.text, "followed": ok}
-                        for r, a, ok in zip(requests, answers, followed)]}
+    return {**scored, "held_out": loss, "device": pick_device().name}
 
 
 def preference(folder: Path) -> str:
@@ -95,9 +88,8 @@ def main() -> None:
         folder = Path(args.folder) / run.replace(" ", "_").replace("=", "")
         seconds = train(args.script, run, folder)
         s = score(folder, args.limit)
-        b = s["behaviour"]
         print(f"| {args.script} {run} | {seconds / 60:.1f} min | {s['held_out']:.3f} | {s['followed']:.1%} | "
-              f"{b['clean_stop_rate']:.0%} | {b['repetition_rate']:.0%} | {b['mean_answer_tokens']:.0f} | "
+              f"{s['clean_stop_rate']:.0%} | {s['repetition_rate']:.0%} | {s['mean_answer_tokens']:.0f} | "
               f"{preference(folder)} |", flush=True)
         (folder / "sweep.json").write_text(json.dumps({"run": run, "train_seconds": seconds, **s}, indent=1))
     print(f"\nMachine: {s['device']}; {s['requests']} held-out kit requests with a form instruction, greedy, "

@@ -3,7 +3,7 @@
     python docs/flags.py            # rewrite the tables between <!-- flags: SCRIPT --> and <!-- /flags -->
     python docs/flags.py --check    # exit 1 if a table is not what the scripts say (tests/test_docs.py)
 
-train_chatbot.py, train_dpo.py and export_gguf.py: one row per constant (its flag, default and comment), with
+train_chatbot.py, train_dpo.py, train_grpo.py and export_gguf.py: one row per constant (its flag, default and comment), with
 what quick_test.py, demo_train.py and train_dpo.py --quick change; test_chatbot.py: its argparse flags.
 """
 
@@ -68,8 +68,8 @@ def parser_table(parser: argparse.ArgumentParser) -> str:
 
 def tables() -> dict[str, str]:
     sys.path.insert(0, str(ROOT))
-    quick_test, demo_train, train_dpo, test_chatbot = (script(name) for name in (
-        "quick_test.py", "demo_train.py", "train_dpo.py", "test_chatbot.py"))
+    quick_test, demo_train, train_dpo, train_grpo, test_chatbot = (script(name) for name in (
+        "quick_test.py", "demo_train.py", "train_dpo.py", "train_grpo.py", "test_chatbot.py"))
 
     def overrides(module):
         return {name: value for name, value in vars(module).items() if name.isupper()}
@@ -78,6 +78,7 @@ def tables() -> dict[str, str]:
         "train_chatbot.py": constants_table("train_chatbot.py", {"quick_test.py": overrides(quick_test),
                                                                  "demo_train.py": overrides(demo_train)}),
         "train_dpo.py": constants_table("train_dpo.py", {"--quick": train_dpo.QUICK_RUN}),
+        "train_grpo.py": constants_table("train_grpo.py", {"--quick": train_grpo.QUICK_RUN}),
         "test_chatbot.py": parser_table(test_chatbot.build_parser()),
         "export_gguf.py": constants_table("export_gguf.py", {}),
     }

@@ -1,4 +1,4 @@
-"""Settings: the constants at the top of train_chatbot.py (and train_dpo.py), and the flags made from them.
+"""Settings: the constants at the top of train_chatbot.py (and train_dpo.py, train_grpo.py), and their flags.
 
 Every setting is written once, as a constant with a comment:
 
@@ -31,6 +31,7 @@ class Settings(SimpleNamespace):
     dropout = None  # None: keep the model's own dropout
     freeze_embeddings = False
     lora = qlora = False
+    max_length = 0  # train_grpo.py: prompts are kept whole; MAX_COMPLETION_LENGTH caps the answers
     precision = "auto"
 
     @property
@@ -112,7 +113,17 @@ CHECKS = [
      "--learning-rate must be between 0 and 1 (typical: 1e-5 to 1e-4 for SFT, 1e-7 to 1e-5 for DPO)"),
     ("lora_learning_rate", lambda s: 0 < s.lora_learning_rate < 1,
      "--lora-learning-rate must be between 0 and 1 (typical: 1e-4 to 5e-4 for SFT, 1e-5 to 1e-4 for DPO)"),
-    ("beta", lambda s: s.beta > 0, "--beta must be above 0 (typical: 0.01 to 0.5)"),
+    ("beta", lambda s: s.beta > 0 or ("num_generations" in vars(s) and s.beta == 0),
+     "--beta must be above 0 (typical: 0.01 to 0.5 for DPO; GRPO: 0.001 to 0.1, or 0 for no KL penalty)"),
+    ("num_prompts", lambda s: s.num_prompts >= 1 and s.eval_prompts >= 1,
+     "--num-prompts and --eval-prompts must be at least 1"),
+    ("num_generations", lambda s: s.num_generations >= 2,
+     "--num-generations must be at least 2: each answer is compared with the others sampled for its prompt"),
+    ("num_generations", lambda s: s.effective_batch_size % s.num_generations == 0,
+     "--batch-size x --gradient-accumulation-steps must be a multiple of --num-generations (whole groups per step)"),
+    ("max_completion_length", lambda s: s.max_completion_length >= 1, "--max-completion-length must be at least 1"),
+    ("temperature", lambda s: s.temperature > 0, "--temperature must be above 0 (GRPO samples its answers)"),
+    ("clean_stop_reward", lambda s: s.clean_stop_reward >= 0, "--clean-stop-reward must be 0 or more"),
     ("batch_size", lambda s: s.batch_size >= 1, "--batch-size must be at least 1"),
     ("gradient_accumulation_steps", lambda s: s.gradient_accumulation_steps >= 1,
      "--gradient-accumulation-steps must be at least 1"),
@@ -135,7 +146,7 @@ CHECKS = [
     ("report_to", lambda s: s.report_to in ("none", "tensorboard", "wandb"),
      "--report-to must be none, tensorboard or wandb"),
     ("sft_model", lambda s: Path(s.sft_model).expanduser().resolve() != Path(s.output_dir).expanduser().resolve(),
-     "--output-dir must not be the --sft-model folder: DPO writes its model beside the SFT one, which it reads"),
+     "--output-dir must not be the --sft-model folder: the run writes its model beside the one it reads"),
 ]
 
 

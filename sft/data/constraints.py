@@ -298,16 +298,27 @@ def with_constraints(chats: list[list[dict]], share: float, seed: int, banned_ru
     return out, made
 
 
+def requests(chats: list[list[dict]], limit: int, seed: int, banned_runs: set) -> list[Constrained]:
+    """Up to `limit` of `chats` given a form instruction (see constrain): prompts whose answers a checker can
+    score, for reinforcement learning (train_grpo.py) and held-out scores. The chats' own answers only decide
+    which instructions fit; the model writes its own."""
+    rng, made = random.Random(seed), []
+    for chat in chats:
+        if len(made) == limit:
+            break
+        if (constrained := constrain(chat, rng, banned_runs)) is not None:
+            made.append(constrained)
+    return made
+
+
 def held_out_requests(limit: int, seed: int = 0) -> list[Constrained]:
     """Up to `limit` requests of the kit's test split, never trained on, each given a form instruction: for
     choosing settings without tuning on IFEval's prompts (bench/kit_sweep.py)."""
     from sft.data.kit import sharegpt_exchanges
 
-    rng, made = random.Random(seed), []
-    for chat in sharegpt_exchanges()[1]:
-        constrained = constrain(chat, rng, set())  # the kit shares no 8 words in a row with IFEval already
-        if constrained is not None:
-            made.append(constrained)
-        if len(made) == limit:
-            break
-    return made
+    return requests(sharegpt_exchanges()[1], limit, seed, set())  # the kit shares no 8 words in a row with IFEval
+
+
+def follows(answer: str, ifeval_id: str, fields: dict) -> bool:
+    """Whether `answer` obeys the instruction, by its own checker, strictly (as IFEval: the answer as it is)."""
+    return CONSTRAINTS[ifeval_id.split(":")[1]].check(answer.strip(), fields)

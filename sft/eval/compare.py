@@ -41,7 +41,9 @@ _ROLE_LINE = re.compile(r"^\s*(" + "|".join(re.escape(label) for label in ROLE_L
 
 def contender_names(metadata: dict | None) -> tuple[str, str]:
     """The names of the two models compared: the one a folder was trained from, and the folder's own."""
-    return ("SFT", "DPO") if metadata and metadata.get("stage") == "dpo" else ("base", "fine-tuned")
+    if metadata and metadata.get("stage") in ("dpo", "grpo"):  # continued from a model folder: SFT (or DPO)
+        return (metadata.get("sft_model", {}).get("stage") or "sft").upper(), metadata["stage"].upper()
+    return "base", "fine-tuned"
 
 
 # ----------------------------------------------------------------------------- behaviour metrics
@@ -95,26 +97,26 @@ class Answer:
     repetition: bool
 
 
-def generate_answers(model, tokenizer, prompts: list[str], decoding: Decoding, cut_roles: bool = False,
+def generate_answers(model, tokenizer, prompts: list, decoding: Decoding, cut_roles: bool = False,
                      name: str = "model"):
     """Answers to `prompts` (in their order) with their behaviour measured, with a progress bar and its ETA.
-    Prompts of similar length are generated together, so that a batch pads little. Returns (answers,
-    generated tokens per second)."""
+    A prompt is a message, or a chat's messages up to the answer. Prompts of similar length are generated
+    together, so that a batch pads little. Returns (answers, generated tokens per second)."""
     from tqdm.auto import tqdm
 
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     answers, generated, seconds = {}, 0, 0.0
-    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    by_length = sorted(range(len(chats)), key=lambda i: sum(len(m["content"]) for m in chats[i]))
     progress = tqdm(total=len(prompts), desc=f"Generating with the {name} model", unit="prompt", leave=False)
     for start in range(0, len(prompts), decoding.batch_size):
         batch = by_length[start:start + decoding.batch_size]
-        rows, took = generate_batch(model, tokenizer, [[{"role": "user", "content": prompts[i]}] for i in batch],
-                                    decoding, seed=decoding.seed + start)
+        rows, took = generate_batch(model, tokenizer, [chats[i] for i in batch], decoding, seed=decoding.seed + start)
         seconds += took
         progress.update(len(batch))
         for i, row in zip(batch, rows):
             generated += len(row)
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            answers[i] = Answer(prompts[i], cut_at_role(text) if cut_roles else text, len(row),
+            answers[i] = Answer(chats[i][-1]["content"], cut_at_role(text) if cut_roles else text, len(row),
                                 is_clean_stop(row, tokenizer.eos_token_id, decoding.max_new_tokens),
                                 has_role_leak(text), has_repetition(text))
     progress.close()

@@ -123,13 +123,13 @@ def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
 
 def held_out_chats(metadata: dict) -> list | None:
     """The run's held-out chats, drawn again from its settings (the split is seeded); None if the data is gone.
-    A DPO run's are its SFT model's."""
+    A DPO or GRPO run's are those of the SFT model it continued from."""
     from sft.data.load import read_chats
     from sft.errors import UserError
     from sft.models import hub_available
     from sft.train.metadata import read_metadata
 
-    if metadata.get("stage") == "dpo":  # DPO learnt from pairs: its SFT model's held-out chats
+    while metadata.get("stage") in ("dpo", "grpo"):  # learnt from pairs or prompts: the SFT model's held-out chats
         metadata = read_metadata(metadata["base_model_path"])
         if metadata is None:
             return None

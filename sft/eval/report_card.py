@@ -80,9 +80,9 @@ def markdown(metadata: dict | None, items: list[dict], results: dict, about: dic
     trained = summary_of_training(metadata)
     lines = ["# Report card", ""]
     if trained:
-        dpo = trained["stage"] == "dpo"
-        lines += [f"{'Preference-tuned (DPO)' if dpo else 'Fine-tuned'} from `{trained['base_model']}` on "
-                  f"{trained['num_samples']:,} {'pairs' if dpo else 'chats'} of "
+        how, what = {"dpo": ("Preference-tuned (DPO)", "pairs"), "grpo": ("Trained with GRPO", "prompts")}.get(
+            trained["stage"], ("Fine-tuned", "chats"))
+        lines += [f"{how} from `{trained['base_model']}` on {trained['num_samples']:,} {what} of "
                   f"`{trained['dataset']}`: {trained['optimizer_steps']} optimizer steps at learning rate "
                   f"{trained['learning_rate']:g}{' with LoRA' if trained['lora'] else ''} "
                   "(`training_metadata.json` has everything).", "", "![loss curve](loss_curve.png)", ""]

@@ -17,7 +17,7 @@ class LogLines(ProgressCallback):
         step    10/20 | epoch 0.50 | loss 2.3253 | lr 1.10e-05 | 38 tok/s | 4.93 s/step
         eval  | step    20 | eval loss 1.3291 | token accuracy 68.2%
 
-    DPO adds its rewards (rewards() below) to both lines.
+    DPO adds its rewards (rewards() below) to both lines; GRPO shows its reward instead of the loss.
     """
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -26,10 +26,12 @@ class LogLines(ProgressCallback):
         if state.is_world_process_zero:
             processes = f" x {args.world_size} processes" if args.world_size > 1 else ""
             conversations = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            what = "preference pairs" if hasattr(args, "beta") else "conversations"  # DPOConfig has a beta
-            print(f"\nTraining: {state.max_steps} optimizer steps of {conversations} {what} "
-                  f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulated{processes}), "
-                  f"lr {args.learning_rate:g}, max_length {args.max_length}.\n", flush=True)
+            what = ("conversations" if not hasattr(args, "beta") else  # DPOConfig and GRPOConfig have a beta
+                    "answers" if hasattr(args, "num_generations") else "preference pairs")
+            groups = f"{args.num_generations} per prompt; " if hasattr(args, "num_generations") else ""
+            print(f"\nTraining: {state.max_steps} optimizer steps of {conversations} {what} ({groups}"
+                  f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulated{processes}), "
+                  f"lr {args.learning_rate:g}, {longest(args)}.\n", flush=True)
         super().on_train_begin(args, state, control, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -49,10 +51,18 @@ class LogLines(ProgressCallback):
         steps = max(state.global_step - self.last["step"], 1)
         tokens_per_second = (tokens - self.last["tokens"]) / seconds
         self.last = {"time": now, "tokens": tokens, "step": state.global_step}
-        return (f"step {state.global_step:>5}/{state.max_steps} | epoch {logs.get('epoch', 0):.2f}"
-                f" | loss {logs['loss']:.4f}{rewards(logs) if 'rewards/margins' in logs else ''}"
+        signals = (grpo_signals(logs) if "reward" in logs else
+                   f" | loss {logs['loss']:.4f}{rewards(logs) if 'rewards/margins' in logs else ''}")
+        return (f"step {state.global_step:>5}/{state.max_steps} | epoch {logs.get('epoch', 0):.2f}{signals}"
                 f" | lr {logs.get('learning_rate', 0):.2e} | {tokens_per_second:,.0f} tok/s"
                 f" | {seconds / steps:.2f} s/step")
+
+
+def longest(args) -> str:
+    """The length limit: of a whole example, or (GRPO, whose prompts are kept whole) of a sampled answer."""
+    if hasattr(args, "max_completion_length"):
+        return f"answers of up to {args.max_completion_length} tokens"
+    return f"max_length {args.max_length}"
 
 
 def rewards(logs: dict, prefix: str = "") -> str:
@@ -63,6 +73,16 @@ def rewards(logs: dict, prefix: str = "") -> str:
                 else f"preference accuracy {logs[prefix + 'rewards/accuracies']:.0%}")
     return (f" | reward chosen {chosen:+.3f} rejected {rejected:+.3f} margin {logs[prefix + 'rewards/margins']:+.3f}"
             f" | {accuracy}")
+
+
+def grpo_signals(logs: dict) -> str:
+    """GRPO's: the sampled answers' mean reward, the shares that followed their instruction and stopped cleanly
+    (each reward function's mean), the KL from the starting model (with a beta), their mean length in tokens."""
+    followed, stopped = (logs.get(f"rewards/{name}/mean", float("nan"))
+                         for name in ("follows_the_instruction", "stops_cleanly"))
+    return (f" | reward {logs['reward']:.3f} | followed {followed:.0%} | clean stop {stopped:.0%}"
+            + (f" | KL {logs['kl']:.4f}" if "kl" in logs else "")
+            + f" | {logs.get('completions/mean_length', 0):.0f} tokens")
 
 
 class StopOnCtrlC(TrainerCallback):

@@ -2,7 +2,8 @@
 
     base_model, dataset, num_samples, num_epochs,    the tutorial's six fields (num_samples: chats trained
     learning_rate, model_parameters                  on, after any too long for max_length were dropped)
-    stage                                            "sft" (train_chatbot.py) or "dpo" (train_dpo.py)
+    stage                                            "sft" (train_chatbot.py), "dpo" (train_dpo.py) or
+                                                     "grpo" (train_grpo.py)
     base_model_source, base_model_path               "hub", "local" or "offline-kit"; what from_pretrained loaded
     data        where the chats came from, how many were held out, dropped or cut, trained tokens per epoch
     lora        rank, alpha, layers, trainable parameters (None: every weight was trained)
@@ -12,7 +13,8 @@
     settings    every setting of the run, as on the command line (used to recognise the same run)
 
 describe() builds it from the run's parts (describe_dpo(): a DPO run's, whose "base" is its SFT model, with
-beta, the pairs and the held-out preference accuracy); save.py writes it; test_chatbot.py reads it back to
+beta, the pairs and the held-out preference accuracy; describe_grpo(): a GRPO run's, with the held-out form
+instructions followed before and after); save.py writes it; test_chatbot.py reads it back to
 find the base model a fine-tuned folder came from.
 """
 
@@ -20,6 +22,7 @@ import datetime
 import importlib.metadata
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from sft.train import checkpoints
@@ -58,25 +61,50 @@ def describe(run, trainer, source, chats, token_stats: dict) -> dict:
 def describe_dpo(run, trainer, sft, pairs) -> dict:
     """The DPO run's record: the same fields, its stage "dpo", the SFT model it started from (its "base", so that
     test_chatbot.py compares SFT with DPO), beta, the pairs and DPO's own results."""
+    record = continued_from(sft, run, trainer, "dpo", pairs.name)
+    record["data"] = {"source": pairs.source, "split": pairs.split,
+                      "format": "preference pairs (prompt, chosen, rejected)",
+                      "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                      "rejected_from": pairs.rejected_from, "pairs_dropped": pairs.dropped}
+    record["results"].update(dpo_results(trainer.state.log_history))
+    return record
+
+
+def describe_grpo(run, trainer, sft, chats, held_out: dict) -> dict:
+    """The GRPO run's record, like DPO's: its stage "grpo", the model it started from as its "base", the prompts,
+    and the held-out form instructions followed before and after (`held_out`: {"before": ..., "after": ...})."""
+    record = continued_from(sft, run, trainer, "grpo", chats.name)
+    record["data"] = {"source": chats.source, "split": chats.split, "format": chats.format,
+                      "prompts": "requests with a form instruction (sft/data/constraints.py)",
+                      "instructions": dict(sorted(Counter(trainer.train_dataset["constraint"]).items())),
+                      "num_eval_samples": held_out["before"]["requests"]}
+    history = [entry for entry in trainer.state.log_history if "reward" in entry]
+    record["results"].update({"final_train_reward": history[-1]["reward"] if history else None,
+                              "held_out_followed_before": held_out["before"]["followed"],
+                              "held_out_followed": held_out["after"]["followed"],
+                              "held_out_clean_stop_before": held_out["before"]["clean_stop_rate"],
+                              "held_out_clean_stop": held_out["after"]["clean_stop_rate"]})
+    return record
+
+
+def continued_from(sft, run, trainer, stage: str, dataset: str) -> dict:
+    """The fields of a run that continues from a model folder (DPO, GRPO): that folder is its "base"."""
     s, sft_record = run.settings, read_metadata(sft.path) or {}
     return {
-        "base_model": sft.name,  # the SFT folder: compare and eval put DPO beside it
-        "dataset": pairs.name,
-        "num_samples": len(trainer.train_dataset),  # pairs trained on
+        "base_model": sft.name,  # the starting folder: compare and eval put the result beside it
+        "dataset": dataset,
+        "num_samples": len(trainer.train_dataset),  # pairs or prompts trained on
         "num_epochs": s.num_epochs,
         "learning_rate": s.learning_rate,
         "model_parameters": base_parameters(trainer.model),
-        "stage": "dpo",
+        "stage": stage,
         "base_model_source": "local",
         "base_model_path": str(Path(sft.path).resolve()),
         "sft_model": {"path": str(Path(sft.path).resolve()), "base_model": sft_record.get("base_model"),
                       "dataset": sft_record.get("dataset"), "stage": sft_record.get("stage")},
         "beta": s.beta,
-        "data": {"source": pairs.source, "split": pairs.split, "format": "preference pairs (prompt, chosen, rejected)",
-                 "num_eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
-                 "rejected_from": pairs.rejected_from, "pairs_dropped": pairs.dropped},
         "lora": lora_summary(trainer.model, s),
-        "results": {**results(run, trainer), **dpo_results(trainer.state.log_history)},
+        "results": results(run, trainer),
         "environment": environment(run),
         "settings": vars(s),
     }

@@ -45,6 +45,8 @@ def model_card(metadata: dict, tokenizer) -> str:
     """The model card of a fine-tuned folder, from its training_metadata.json (metadata.py)."""
     if metadata["stage"] == "dpo":
         return dpo_model_card(metadata, tokenizer)
+    if metadata["stage"] == "grpo":
+        return grpo_model_card(metadata, tokenizer)
     m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
     environment = metadata["environment"]
     return f"""{front_matter(m['base_model'], 'sft')}
@@ -101,6 +103,35 @@ Direct Preference Optimization of the SFT model `{m['base_model']}` (itself fine
 
 All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. Its [report card](report.md)
 (`python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`) measures it against the SFT model.
+
+{usage(tokenizer)}"""
+
+
+def grpo_model_card(metadata: dict, tokenizer) -> str:
+    """The model card of a GRPO folder: reinforcement learning with checked form instructions as rewards."""
+    m, data, results, settings = metadata, metadata["data"], metadata["results"], metadata["settings"]
+    start = m["sft_model"]
+    return f"""{front_matter(m['base_model'], 'grpo')}
+
+# Chat model trained with GRPO from `{m['base_model']}`
+
+Reinforcement learning (GRPO) of `{m['base_model']}` (itself trained from `{start['base_model'] or 'unknown'}` on
+`{start['dataset'] or 'unknown'}`) on {m['num_samples']:,} requests of `{m['dataset']}`, each given a form
+instruction, rewarded by the instruction's own checker. The chat template is the starting model's, unchanged.
+
+| | |
+|---|---|
+| starting and reference model | `{m['base_model']}` ({m['model_parameters'] / 1e6:.1f}M parameters) |
+| prompts | `{m['dataset']}` (from {data['source']}): {m['num_samples']:,} requests with a form instruction ({len(data['instructions'])} types), {data['num_eval_samples']:,} held out |
+| reward | 1 when the checker passes, plus {settings['clean_stop_reward']:g} when the answer ends its turn cleanly |
+| method | GRPO (TRL), {settings['num_generations']} answers per prompt, temperature {settings['temperature']:g}, up to {settings['max_completion_length']} tokens, KL coefficient beta {m['beta']:g}; {_method(m)} |
+| training | {results['optimizer_steps']} optimizer steps of {results['effective_batch_size']} answers ({_batch(m)}), learning rate {m['learning_rate']:g} (AdamW, linear decay), seed {settings['seed']} |
+| held-out requests, greedy | form instructions followed {_share(results['held_out_followed_before'])} before, {_share(results['held_out_followed'])} after; clean stop {_share(results['held_out_clean_stop_before'])} before, {_share(results['held_out_clean_stop'])} after |
+| machine | {m['environment']['device']}, {m['environment']['precision']}, {results['train_seconds']:,.0f} s of training |
+| licences | base model: {_licence(start['base_model'] or '')}; data: {_licence(m['dataset'])} |
+
+All figures are in `training_metadata.json`; `loss_curve.png` plots the mean reward. Its [report card](report.md)
+(`python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`) measures it against the model it started from.
 
 {usage(tokenizer)}"""
 

@@ -57,9 +57,10 @@ class Run:
             checkpoints.discard(self.output_dir, keep_resumable=error_type is not None)
         self.held.close()
 
-    def before_training(self, trainer, token_stats: dict) -> None:
+    def before_training(self, trainer, token_stats: dict | None) -> None:
         """What a learner should know, and what can still be refused, just before training: LoRA's size, enough
-        disk and memory (measured on one real batch), the time on a CPU. Then --compile's blocks."""
+        disk and memory (measured on one real batch), the time on a CPU. Then --compile's blocks. Without
+        `token_stats` (GRPO, whose batches are sampled as it trains) only the disk is checked."""
         s = self.settings
         if lora := lora_summary(trainer.model, s):
             trainable, total = lora["trainable_parameters"], base_parameters(trainer.model)
@@ -67,12 +68,13 @@ class Run:
                   f"on {', '.join(lora['target_modules'])}: {trainable / 1e6:.2f}M trainable parameters "
                   f"({trainable / total:.2%} of the model); learning rate {s.learning_rate:g} "
                   f"({lora['learning_rate_from']}).")
-        steps = estimates.planned_steps(s, len(trainer.train_dataset), self.processes)
+        examples = len(trainer.train_dataset) * getattr(trainer.args, "num_generations", 1)  # GRPO: answers
+        steps = estimates.planned_steps(s, examples, self.processes)
         if self.is_main:
             model_bytes, checkpoint_bytes = estimates.disk_needs(trainer, trainer.processing_class)
             preflight.check_disk_space(self.output_dir, model_bytes, checkpoint_bytes,
                                        checkpoints=min(3, (steps[0] - 1) // s.save_steps))
-        if self.device.kind in ("cpu", "cuda") and not self.sharding:  # sharded, the model is whole only later
+        if token_stats and self.device.kind in ("cpu", "cuda") and not self.sharding:  # sharded: whole only later
             measurement = estimates.measure_one_batch(trainer)
             self.check_memory(measurement)
             if self.device.kind == "cpu" and self.resume_from is None:
@@ -127,15 +129,21 @@ class Run:
             raise
 
     def print_summary(self, record: dict) -> None:
-        """The closing banner: time, held-out loss (DPO: preference accuracy) before and after, what to run next."""
-        results, dpo = record["results"], record["stage"] == "dpo"
+        """The closing banner: time, held-out loss (DPO: preference accuracy; GRPO: instructions followed) before
+        and after, what to run next."""
+        results, stage = record["results"], record["stage"]
         before, after = (f"{results[key]:.3f}" if results[key] is not None else "n/a"
                          for key in ("eval_loss_before", "eval_loss"))
-        started_from, trained = ("SFT", "DPO") if dpo else ("base", "fine-tuned")
-        held_out = (f"Held-out {'pairs: DPO loss' if dpo else 'loss:'} {before} ({started_from}) -> {after} "
-                    f"({trained})")
+        started_from, trained = (("base", "fine-tuned") if stage == "sft" else
+                                 ((record["sft_model"]["stage"] or "sft").upper(), stage.upper()))
+        held_out = (f"Held-out {'pairs: DPO loss' if stage == 'dpo' else 'loss:'} {before} ({started_from}) -> "
+                    f"{after} ({trained})")
         if (accuracy := results.get("eval_preference_accuracy")) is not None:
             held_out += f"; the chosen answer gains more than the rejected one in {accuracy:.0%} of them"
+        if stage == "grpo":
+            held_out = (f"Held-out requests, form instructions followed: {results['held_out_followed_before']:.1%} "
+                        f"({started_from}) -> {results['held_out_followed']:.1%} ({trained}); clean stop "
+                        f"{results['held_out_clean_stop_before']:.0%} -> {results['held_out_clean_stop']:.0%}")
         banner(f"Done in {results['total_seconds'] / 60:.1f} min. {held_out}.\n"
                f"Model saved to {self.output_dir}/ with training_metadata.json and loss_curve.png.\n"
                f"Compare with the {started_from} model:  python test_chatbot.py --mode compare "

@@ -6,7 +6,7 @@ OUTPUT_DIR is a standard Hugging Face model folder:
                                                               samples as in CHAT_DEFAULTS (generation.py)
     tokenizer.json, tokenizer_config.json                     tokenizer with the chat template
     training_metadata.json                                    see metadata.py
-    loss_curve.png                                            train and eval loss against steps
+    loss_curve.png                                            train and eval loss against steps (GRPO: reward)
     README.md                                                 model card (model_card.py)
     adapter/                                                  with --lora/--qlora: the adapter alone (PEFT)
 
@@ -52,11 +52,7 @@ def write_model_folder(run, trainer, tokenizer, record: dict) -> None:
         model.generation_config.update(**CHAT_DEFAULTS)  # how local chat tools and our chat modes decode
         model.save_pretrained(staging, state_dict=state_dict)  # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(staging)  # with the chat template (chat_template.jinja)
-        dpo = record["stage"] == "dpo"
-        plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE,
-                        f"{'DPO' if dpo else 'SFT'} of {record['base_model']} on {record['dataset']}",
-                        "DPO loss per pair (ln 2 = 0.693 at the start)" if dpo else "cross-entropy per trained token",
-                        "held-out pairs" if dpo else "held-out chats")
+        plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE_FILE, record)
         write_metadata(record, staging)
         (staging / "README.md").write_text(model_card(record, tokenizer), encoding="utf-8")
         swap_in(staging, output_dir)
@@ -97,22 +93,29 @@ def swap_in(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(retired)
 
 
-def plot_loss_curve(log_history: list[dict], path: Path, title: str, ylabel: str, held_out: str) -> None:
+# What each stage's curve shows: (the logged value, its axis label, what its held-out points are scored on).
+CURVES = {"sft": ("loss", "cross-entropy per trained token", "held-out chats"),
+          "dpo": ("loss", "DPO loss per pair (ln 2 = 0.693 at the start)", "held-out pairs"),
+          "grpo": ("reward", "mean reward of the sampled answers", None)}  # GRPO's loss says little: its reward
+
+
+def plot_loss_curve(log_history: list[dict], path: Path, record: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    key, ylabel, held_out = CURVES[record["stage"]]
+    train = [(e["step"], e[key]) for e in log_history if key in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), ".-", label="train loss", color="tab:blue")  # dots: a short run logs few points
+        ax.plot(*zip(*train), ".-", label=f"train {key}", color="tab:blue")  # dots: a short run logs few points
     if evals:
         ax.plot(*zip(*evals), "o-", label=f"eval loss ({held_out})", color="tab:orange")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{record['stage'].upper()} of {record['base_model']} on {record['dataset']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""Train: TRL's SFTTrainer, given our settings as an SFTConfig, with two measured changes; DPO's DPOConfig.
+"""Train: TRL's SFTTrainer, given our settings as an SFTConfig, with two measured changes; DPO's and GRPO's configs.
 
 - Off CUDA, the language-model head is applied only at labelled positions (label_only_loss.py): 1.57x to
   1.67x per step on a 2-core CPU, with the same loss, gradients and logged metrics.
@@ -76,6 +76,17 @@ def dpo_config(settings, run, evaluate: bool) -> trl.DPOConfig:
                          trust_remote_code=settings.trust_remote_code)  # TRL loads the reference itself
 
 
+def grpo_config(settings, run) -> trl.GRPOConfig:
+    """GRPO's settings in TRL's terms: the same arguments (no max_length: prompts are kept whole, answers capped at
+    max_completion_length), the group size, sampling, the KL coefficient beta, and the rewards' weights."""
+    arguments = training_arguments(settings, run, evaluate=False)  # held-out prompts are scored by the script
+    del arguments["max_length"]
+    return trl.GRPOConfig(**arguments, num_generations=settings.num_generations,
+                          max_completion_length=settings.max_completion_length, temperature=settings.temperature,
+                          beta=settings.beta, reward_weights=[1.0, settings.clean_stop_reward],
+                          trust_remote_code=settings.trust_remote_code)
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped batches in an order drawn from (seed, epoch) alone. The epoch is read from the Trainer's
     state as each pass begins: after a resume under several processes, the Trainer's set_epoch() does not reach
@@ -151,6 +162,14 @@ class SFTTrainer(trl.SFTTrainer):
 
 class DPOTrainer(trl.DPOTrainer):
     """trl.DPOTrainer, printing our log lines (with DPO's rewards) instead of the Trainer's dicts."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        use_our_log_lines(self)
+
+
+class GRPOTrainer(trl.GRPOTrainer):
+    """trl.GRPOTrainer, printing our log lines (with GRPO's rewards and KL) instead of the Trainer's dicts."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
