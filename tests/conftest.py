@@ -128,6 +128,37 @@ def run_script(script: str, *args: str, cwd=None, timeout=600, env=None) -> subp
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_script(script: str, *args: str, cwd=None, pause: str | None = None) -> subprocess.Popen:
+    """Start one of the top-level scripts without network, its output piped as text. `pause`: a pause point of
+    tests/paused_run.py (checkpoint=N, ctrl-c=N, ctrl-c-twice=N, hold=FILE) that the test waits on."""
+    import signal
+
+    before = [str(ROOT / "tests" / "paused_run.py"), pause] if pause else []
+    return subprocess.Popen([sys.executable, *before, str(ROOT / script), *args], cwd=cwd or ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                            # Ctrl-C must reach it even when pytest runs in the background, where the shell
+                            # makes its children ignore SIGINT
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def read_until(process: subprocess.Popen, start: str) -> None:
+    """Read the process's output until a line that starts with `start`; fail if it ends first."""
+    for line in process.stdout:
+        if line.startswith(start):
+            return
+    process.wait(timeout=60)
+    pytest.fail(f"the run ended (exit {process.returncode}) before printing {start!r}: "
+                + process.stderr.read()[-2000:])
+
+
+def kill_when_paused(process: subprocess.Popen, step: int) -> None:
+    """SIGKILL a run started with pause=f"checkpoint={step}" once that checkpoint is saved: no chance to clean up."""
+    read_until(process, f"paused after checkpoint-{step}")
+    process.kill()
+    process.communicate()
+
+
 def quick_args(model_dir, data_file, out_dir, *extra):
     """quick_test.py on the tiny model and fixture chats: 24 chats, 4 steps."""
     return ["--base-model", str(model_dir), "--dataset-name", str(data_file), "--output-dir", str(out_dir),

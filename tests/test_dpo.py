@@ -3,13 +3,9 @@ folder (same template, metadata chain base -> SFT -> DPO), compare and eval agai
 Ctrl-C and resume."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import QA, ROOT, run_script, write_jsonl
+from conftest import QA, ROOT, kill_when_paused, run_script, start_script, write_jsonl
 
 from sft.data import preferences
 from sft.errors import UserError
@@ -283,15 +279,9 @@ def test_killed_dpo_run_resumes_to_the_same_weights(quick_run, pairs_jsonl, tmp_
     straight = run_script("train_dpo.py", *args(tmp_path / "straight"), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
     out_dir = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_dpo.py"), *args(out_dir)], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    checkpoint = tmp_path / "out-checkpoints" / "checkpoint-6"  # 6 steps of 4 of 24 pairs: the second pass begun
-    deadline = time.time() + 300
-    while not (checkpoint / "trainer_state.json").is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.kill()
-    process.communicate()
+    # killed once checkpoint-6 is saved, before step 7 (6 steps of 4 of 24 pairs: the second pass had begun)
+    kill_when_paused(start_script("train_dpo.py", *args(out_dir), cwd=tmp_path, pause="checkpoint=6"), 6)
+    checkpoint = tmp_path / "out-checkpoints" / "checkpoint-6"
     assert (checkpoint / "trainer_state.json").is_file() and not out_dir.exists()
     resumed = run_script("train_dpo.py", *args(out_dir), cwd=tmp_path)
     assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr[-2000:]
@@ -304,27 +294,15 @@ def test_killed_dpo_run_resumes_to_the_same_weights(quick_run, pairs_jsonl, tmp_
 
 
 def test_ctrl_c_stops_dpo_with_a_checkpoint(quick_run, pairs_jsonl, tmp_path):
-    import signal
-
     sft_dir, _ = quick_run
     args = dpo_args(sft_dir, tmp_path / "out", "--pairs", str(pairs_jsonl), "--max-steps", "100000", "--save-steps",
-                    "1", "--logging-steps", "1000")
-
-    def start():
-        return subprocess.Popen([sys.executable, str(ROOT / "train_dpo.py"), *args], cwd=tmp_path, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even in background
-
-    process = start()
-    for line in process.stdout:  # wait until training has really started
-        if line.startswith("Training:"):
-            break
-    time.sleep(3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+                    "1000", "--logging-steps", "1000")
+    process = start_script("train_dpo.py", *args, cwd=tmp_path, pause="ctrl-c=2")  # Ctrl-C as step 3 begins
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
-    assert "Interrupted at step" in stderr and "checkpoint saved in" in stderr  # resumed: the test below
-    assert not (tmp_path / "out").exists() and list((tmp_path / "out-checkpoints").glob("checkpoint-*"))
+    checkpoint = tmp_path / "out-checkpoints" / "checkpoint-3"  # step 3 finished, then saved, though --save-steps 1000
+    assert f"Interrupted at step 3/100000; checkpoint saved in {checkpoint}" in stderr  # resumed: the test above
+    assert not (tmp_path / "out").exists() and (checkpoint / "trainer_state.json").is_file()
 
 
 def test_lora_dpo_trains_adapters_against_the_model_with_them_switched_off(quick_run, pairs_jsonl, tmp_path):

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, quick_args, run_script
+from conftest import ROOT, kill_when_paused, quick_args, read_until, run_script, start_script
 
 import train_chatbot
 from sft.train.checkpoints import step_of
@@ -282,10 +282,8 @@ def test_compile_without_a_cpp_compiler_says_to_run_without_it(tiny_gpt2_dir, ch
 # ----------------------------------------------------------------------------- interruption and resume
 
 
-def start_quick_test(args, cwd):
-    return subprocess.Popen([sys.executable, str(ROOT / "quick_test.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def start_quick_test(args, cwd, pause=None):
+    return start_script("quick_test.py", *args, cwd=cwd, pause=pause)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_gpt2_dir, chats_jsonl):
@@ -314,12 +312,8 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_g
                                                       "--max-steps", str(step + 2)), cwd=tmp_path)
     assert resumed.returncode == 2 and "--overwrite" in resumed.stderr  # other settings: not silently discarded
     process = start_quick_test(args, tmp_path)
-    printed = []
-    for line in process.stdout:
-        printed.append(line)
-        if line.startswith("Training:"):
-            break
-    assert any(line.startswith(f"Resuming from {checkpoints[-1]}") for line in printed), printed
+    read_until(process, f"Resuming from {checkpoints[-1]}")
+    read_until(process, "Training:")  # printed once the Ctrl-C handler is in place
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     later = max(step_of(c) for c in (tmp_path / "out-checkpoints").glob("checkpoint-*"))
@@ -359,36 +353,23 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert apart < 1e-6 and moved > 1e-3, (apart, moved)
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path, chat_model_dir, chats_jsonl):
-    out_dir = tmp_path / "out"  # a model big enough that a step takes long enough to interrupt it twice
-    process = start_quick_test(quick_args(chat_model_dir, chats_jsonl, out_dir, "--max-steps", "100000",
-                                          "--batch-size", "8"), tmp_path)
-    for line in process.stdout:
-        if line.startswith("Training:"):
-            break
-    time.sleep(1)
-    process.send_signal(signal.SIGINT)
-    for line in process.stderr:  # the first Ctrl-C is acknowledged: the step is finishing
-        if line.startswith("Ctrl-C: finishing this step"):
-            break
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_gpt2_dir, chats_jsonl):
+    out_dir = tmp_path / "out"  # both Ctrl-Cs come while step 2 runs, however fast the machine is
+    process = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000"), tmp_path,
+                               pause="ctrl-c-twice=1")
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "Ctrl-C: finishing this step" in stderr  # the first was acknowledged, the second did not wait
     assert "Interrupted. Nothing half-written was left behind" in stderr and "checkpoint saved in" not in stderr
     assert "A second Ctrl-C stops at once" in TROUBLESHOOTING
     assert not out_dir.exists() and leftovers(tmp_path) == []  # no checkpoint was complete: none kept
 
 
 def kill_after_checkpoint(args, tmp_path, step: int) -> None:
-    """Start quick_test.py and SIGKILL it once checkpoint-STEP is complete."""
-    process = start_quick_test(args, tmp_path)
-    checkpoint = tmp_path / "out-checkpoints" / f"checkpoint-{step}"
-    deadline = time.time() + 300
-    while not (checkpoint / "trainer_state.json").is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.kill()  # SIGKILL: no chance to clean up
-    process.communicate()
-    assert (checkpoint / "trainer_state.json").is_file()
+    """Start quick_test.py and SIGKILL it once checkpoint-STEP is complete, before it can go further."""
+    kill_when_paused(start_quick_test(args, tmp_path, pause=f"checkpoint={step}"), step)
+    assert (tmp_path / "out-checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert max(step_of(c) for c in (tmp_path / "out-checkpoints").glob("checkpoint-*")) == step  # none later
 
 
 def test_no_resume_starts_over(tmp_path, tiny_gpt2_dir, chats_jsonl):

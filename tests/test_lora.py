@@ -64,7 +64,8 @@ def test_the_folder_works_with_test_chatbot(lora_run):
 def test_qlora_without_a_gpu_says_why(tiny_gpt2_dir, chats_jsonl, tmp_path):
     from test_faults import assert_clean_failure
 
-    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--qlora"))
+    result = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, tmp_path / "out", "--qlora"),
+                        env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a machine that has one
     assert_clean_failure(result, "--qlora loads the base model in 4 bits with bitsandbytes, which needs an NVIDIA GPU")
     assert "Use --lora instead" in result.stderr and not (tmp_path / "out").exists()
 

@@ -6,40 +6,33 @@ import os
 import subprocess
 
 import pytest
-from conftest import quick_args, run_script
+from conftest import quick_args, read_until, run_script
 from test_faults import assert_clean_failure, leftovers, quick_test_in_process, start_quick_test
 
 from sft.train.metadata import METADATA_FILE
 
 
-def wait_for_training(process) -> None:
-    for line in process.stdout:
-        if line.startswith("Training:"):
-            return
-    pytest.fail("the run ended before training: " + process.stderr.read()[-2000:])
-
-
 def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp_path, tiny_gpt2_dir, chats_jsonl):
-    out_dir = tmp_path / "out"
-    first = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "300", "--seed", "1",
-                                        "--logging-steps", "1000", "--save-steps", "1000"), tmp_path)
-    wait_for_training(first)
+    out_dir, go_on = tmp_path / "out", tmp_path / "go-on"
+    first = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "8", "--seed", "1"),
+                             tmp_path, pause=f"hold={go_on}")  # it holds as training begins until go-on exists
+    read_until(first, "holding")
     second = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--seed", "2"), cwd=tmp_path)
-    assert first.poll() is None, "the first run ended before the second was refused: make it longer"
     assert_clean_failure(second, f"another run (pid {first.pid}, started ",
                          "another run (pid N, started HH:MM) is writing OUTPUT_DIR")
     assert f"is writing {out_dir}: wait for it or choose another --output-dir" in second.stderr
+    go_on.touch()
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
     metadata = json.loads((out_dir / METADATA_FILE).read_text())
-    assert metadata["settings"]["seed"] == 1 and metadata["results"]["optimizer_steps"] == 300  # the first's model
+    assert metadata["settings"]["seed"] == 1 and metadata["results"]["optimizer_steps"] == 8  # the first's model
     assert leftovers(tmp_path) == []
 
 
 def test_a_killed_run_leaves_no_lock_behind(tmp_path, tiny_gpt2_dir, chats_jsonl):
     out_dir = tmp_path / "out"
     killed = start_quick_test(quick_args(tiny_gpt2_dir, chats_jsonl, out_dir, "--max-steps", "100000"), tmp_path)
-    wait_for_training(killed)
+    read_until(killed, "Training:")
     refused = run_script("quick_test.py", *quick_args(tiny_gpt2_dir, chats_jsonl, out_dir), cwd=tmp_path)
     assert refused.returncode == 2 and f"another run (pid {killed.pid}" in refused.stderr  # the lock is held
     killed.kill()  # SIGKILL: no chance to let go of the lock itself
