@@ -129,8 +129,8 @@ def run_eval(args, decoding):
     contenders, tokenizer, metadata = load_contenders(args)
     window = models.context_window(next(iter(contenders.values()))) or 2048
     check_prompt_lengths(tokenizer, [item["prompt"] for item in items], window, decoding.max_new_tokens)
-    held_out = evaluate.held_out_chats(metadata) if metadata else None
-    max_length = (metadata["settings"].get("max_length") if metadata else None) or window  # GRPO has none
+    held_out = evaluate.held_out_chats(metadata) if metadata else None  # and cut as its SFT run cut them:
+    max_length = evaluate.sft_run(metadata)["settings"]["max_length"] if held_out else window
     results = evaluate.evaluate(contenders, tokenizer, items, decoding, held_out, max_length)
     print("\n" + "\n".join(evaluate.table(results)))
     print("\nIFEval's instruction types that the kit's form instructions teach, and the others:\n"

@@ -63,7 +63,8 @@ def score(folder: Path, limit: int) -> dict:
     scored = instructions.score(model, tokenizer, held_out_requests(limit)).as_dict()
     metadata = json.loads((folder / "training_metadata.json").read_text())
     held_out = evaluate.held_out_chats(metadata)
-    loss = evaluate.held_out_loss(model, tokenizer, held_out, metadata["settings"]["max_length"]) if held_out else None
+    max_length = evaluate.sft_run(metadata)["settings"]["max_length"] if held_out else None
+    loss = evaluate.held_out_loss(model, tokenizer, held_out, max_length) if held_out else None
     return {**scored, "held_out": loss, "device": pick_device().name}
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, run_script, write_jsonl
 
 from sft.data import constraints, kit
-from sft.eval import ifeval
+from sft.eval import evaluate, ifeval
 from sft.train.metadata import METADATA_FILE
 
 
@@ -95,6 +95,8 @@ def test_a_tiny_grpo_run_writes_a_loadable_folder_chained_to_its_sft_model(grpo_
     record = json.loads((out_dir / METADATA_FILE).read_text())
     assert record["stage"] == "grpo" and record["base_model_path"] == str(sft_dir.resolve())
     assert record["sft_model"]["stage"] == "sft" and record["dataset"] == kit.SHAREGPT
+    # eval takes the held-out chats, and the length they were cut to, from the SFT run behind it
+    assert evaluate.sft_run(record) == json.loads((sft_dir / METADATA_FILE).read_text())
     results = record["results"]
     assert results["optimizer_steps"] == 2 and record["data"]["num_eval_samples"] == 4
     for key in ("held_out_followed_before", "held_out_followed", "final_train_reward"):

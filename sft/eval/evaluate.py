@@ -121,18 +121,26 @@ def pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
             "labels": torch.tensor([labels + [IGNORE_INDEX] * (longest - len(labels)) for _, labels in rows])}
 
 
+def sft_run(metadata: dict) -> dict | None:
+    """The metadata of the SFT run behind a model: its own, or for DPO and GRPO (learnt from pairs or prompts)
+    that of the SFT model they continued from; None if that folder is gone."""
+    from sft.train.metadata import read_metadata
+
+    while metadata is not None and metadata.get("stage") in ("dpo", "grpo"):
+        metadata = read_metadata(metadata["base_model_path"])
+    return metadata
+
+
 def held_out_chats(metadata: dict) -> list | None:
-    """The run's held-out chats, drawn again from its settings (the split is seeded); None if the data is gone.
-    A DPO or GRPO run's are those of the SFT model it continued from."""
+    """The run's held-out chats, drawn again from its SFT run's settings (the split is seeded); None if the data
+    is gone. A DPO or GRPO run's are those of the SFT model it continued from."""
     from sft.data.load import read_chats
     from sft.errors import UserError
     from sft.models import hub_available
-    from sft.train.metadata import read_metadata
 
-    while metadata.get("stage") in ("dpo", "grpo"):  # learnt from pairs or prompts: the SFT model's held-out chats
-        metadata = read_metadata(metadata["base_model_path"])
-        if metadata is None:
-            return None
+    metadata = sft_run(metadata)
+    if metadata is None:
+        return None
     s = metadata["settings"]
     try:
         chats = read_chats(s["dataset_name"], s["dataset_split"], s["num_train_samples"], s["eval_fraction"], s["seed"],
