@@ -175,9 +175,10 @@ def test_cache_keeps_the_newest_entries_and_survives_damage(chat_tokenizer, tmp_
     abandoned = tmp_path / ".partial-killed"  # what a run killed while writing leaves
     abandoned.mkdir(parents=True)
     os.utime(abandoned, (time.time() - 7200,) * 2)
-    for max_length in (128, 256, 512):
+    for age, max_length in ((60, 128), (30, 256), (0, 512)):  # written in this order, a clear age apart
         token_cache.tokenize_chats(chat_tokenizer, [CHAT], max_length, cache_dir=tmp_path)
-        time.sleep(0.01)
+        entry = tmp_path / token_cache.cache_key(chat_tokenizer, [CHAT], max_length)
+        os.utime(entry, (time.time() - age,) * 2)
     newest = tmp_path / token_cache.cache_key(chat_tokenizer, [CHAT], 512)
     assert sorted(tmp_path.iterdir()) == sorted([newest, tmp_path / token_cache.cache_key(chat_tokenizer, [CHAT], 256)])
     shutil.rmtree(newest / "chats")  # damaged: tokenized again, not a crash
