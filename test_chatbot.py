@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=MODEL_DIR, help=f"fine-tuned model folder (default: {MODEL_DIR})")
     parser.add_argument("--base-model", default=BASE_MODEL,
                         help=f"base model to show when no fine-tuned model exists yet (default: {BASE_MODEL})")
-    parser.add_argument("--prompts", help="file of prompts: one per line, or jsonl with a \"prompt\" field")
+    parser.add_argument("--prompts", help="file of prompts: one per line, or jsonl with a \"prompt\" field or a "
+                        "conversation in \"messages\" (docs/second-turns.jsonl)")
     parser.add_argument("-p", "--prompt", help="answer this one message with the fine-tuned model and exit")
     parser.add_argument("--limit", type=int, help=f"eval: this many of IFEval's {ifeval.NUM_PROMPTS} prompts, a "
                         f"fixed, evenly spread subset (default: all on a GPU, {evaluate.CPU_PROMPTS} on a CPU)")

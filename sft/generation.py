@@ -107,9 +107,11 @@ def prompt_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
     return [len(row) for row in ids]
 
 
-def check_prompt_lengths(tokenizer, prompts: list[str], context_window: int, max_new_tokens: int) -> None:
-    """Refuse, before generating anything, a prompt that leaves no room for its answer."""
-    lengths = prompt_lengths(tokenizer, [[{"role": "user", "content": prompt}] for prompt in prompts])
+def check_prompt_lengths(tokenizer, prompts: list, context_window: int, max_new_tokens: int) -> None:
+    """Refuse, before generating anything, a prompt (a message, or a conversation up to the answer) that
+    leaves no room for its answer."""
+    lengths = prompt_lengths(tokenizer, [[{"role": "user", "content": p}] if isinstance(p, str) else p
+                                         for p in prompts])
     for number, length in enumerate(lengths, start=1):
         if length + max_new_tokens > context_window:
             raise too_long(f"prompt {number}", length, context_window, max_new_tokens)

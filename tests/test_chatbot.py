@@ -51,6 +51,30 @@ def test_prompts_file_lines_or_jsonl(tmp_path):
         compare.read_prompts(str(tmp_path / "bad.jsonl"))
 
 
+@pytest.mark.parametrize("messages", [[], [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                                      [{"role": "wizard", "content": "Hi"}], [{"role": "user", "content": 3}]])
+def test_a_conversation_must_end_with_the_users_turn(tmp_path, messages):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "fine"}\n' + json.dumps({"messages": messages}) + "\n")
+    with pytest.raises(UserError, match="line 2: .* ends with the user's turn"):
+        compare.read_prompts(str(tmp_path / "bad.jsonl"))
+
+
+def test_compare_answers_second_turns_from_a_file_of_conversations(quick_run):
+    """docs/second-turns.jsonl: the answer compared comes after a first exchange, which the report shows."""
+    model_dir, _ = quick_run
+    chats = compare.read_prompts(str(ROOT / "docs" / "second-turns.jsonl"))
+    assert len(chats) == 5 and all(len(chat) == 3 and chat[-1]["role"] == "user" for chat in chats)
+    result = run_script("test_chatbot.py", "--mode", "compare", "--model", str(model_dir), "--max-new-tokens", "4",
+                        "--prompts", str(ROOT / "docs" / "second-turns.jsonl"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Assistant: {chats[0][1]['content']}" in result.stdout.replace("\n", " ")
+    report = json.loads((model_dir / compare.REPORT_JSON).read_text())
+    for answers in report["answers"].values():
+        assert [a["earlier"] for a in answers] == [chat[:-1] for chat in chats]
+        assert [a["prompt"] for a in answers] == [chat[-1]["content"] for chat in chats]
+    assert "> Assistant: 7." in (model_dir / compare.REPORT_MD).read_text()
+
+
 # ----------------------------------------------------------------------------- compare mode
 
 

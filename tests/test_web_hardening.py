@@ -14,7 +14,7 @@ import pytest
 
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 TIMEOUT = 3  # the test server's socket timeout, seconds
-DEADLINE = 5  # and the time a client has to send its whole request
+DEADLINE = 10  # and the time a client has to send its whole request (well after the timeout, on a busy machine too)
 CONNECTIONS = 6  # and its connection cap
 LONG = 1000  # new tokens: an answer that takes seconds, so that a client can leave in the middle
 
@@ -232,9 +232,8 @@ def test_a_silent_client_is_closed_after_the_socket_timeout(live):
     address, _, _ = live
     host, port = address.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as silent:
-        started = time.time()
-        assert silent.recv(65536) == b""  # closed, its thread freed
-        assert time.time() - started < DEADLINE  # by the socket timeout, before the deadline
+        assert silent.recv(65536) == b""  # closed with no reply, its thread freed: by the socket timeout (the
+        # deadline would have sent a 408)
 
 
 def request_then_leave(address: str, body: dict) -> socket.socket:

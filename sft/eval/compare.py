@@ -14,7 +14,7 @@ import dataclasses
 import json
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.data.chat_format import ROLE_LABELS
@@ -89,12 +89,13 @@ def cut_at_role(answer: str) -> str:
 
 @dataclass
 class Answer:
-    prompt: str
+    prompt: str  # the message answered
     text: str
     new_tokens: int
     clean_stop: bool
     role_leak: bool
     repetition: bool
+    earlier: list = field(default_factory=list)  # the conversation before it, for a second turn
 
 
 def generate_answers(model, tokenizer, prompts: list, decoding: Decoding, cut_roles: bool = False,
@@ -118,7 +119,7 @@ def generate_answers(model, tokenizer, prompts: list, decoding: Decoding, cut_ro
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
             answers[i] = Answer(chats[i][-1]["content"], cut_at_role(text) if cut_roles else text, len(row),
                                 is_clean_stop(row, tokenizer.eos_token_id, decoding.max_new_tokens),
-                                has_role_leak(text), has_repetition(text))
+                                has_role_leak(text), has_repetition(text), chats[i][:-1])
     progress.close()
     return [answers[i] for i in range(len(prompts))], generated / seconds if seconds else 0.0
 
@@ -135,8 +136,9 @@ def summarize(answers: list[Answer], tokens_per_second: float) -> dict:
 # ----------------------------------------------------------------------------- prompts file
 
 
-def read_prompts(path: str) -> list[str]:
-    """One prompt per line, or jsonl with a "prompt" field."""
+def read_prompts(path: str) -> list[str | list[dict]]:
+    """One prompt per line, or jsonl with a "prompt" field, or with "messages": a conversation that ends with
+    the user's turn, so that the answer compared is a second (or later) one."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"prompts file {path} does not exist")
@@ -145,11 +147,7 @@ def read_prompts(path: str) -> list[str]:
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{path}, line {number}: expected a JSON object with a \"prompt\" field") from None
-            prompts.append(str(prompt))
+            prompts.append(prompt_from_json(line, f"{path}, line {number}"))
         else:
             prompts.append(line.strip())
     if not prompts:
@@ -158,6 +156,28 @@ def read_prompts(path: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def prompt_from_json(line: str, where: str) -> str | list[dict]:
+    expected = (f"{where}: expected a JSON object with a \"prompt\" field, or \"messages\": a list of "
+                "{\"role\": \"user\" or \"assistant\", \"content\": text} that ends with the user's turn")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise UserError(expected) from None
+    if isinstance(record, dict) and "prompt" in record:
+        return str(record["prompt"])
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                       and isinstance(m.get("content"), str) for m in messages)
+            or messages[-1]["role"] != "user"):
+        raise UserError(expected)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def shown(turn: dict) -> str:
+    return f"{turn['role'].title()}: {turn['content']}"
 
 
 def metrics_table(summaries: dict[str, dict]) -> list[str]:
@@ -174,6 +194,8 @@ def print_answers(results: dict[str, list[Answer]]) -> None:
     names = list(results)
     for i, first in enumerate(results[names[0]]):
         print("\n" + "=" * WIDTH)
+        for turn in first.earlier:
+            print(textwrap.fill(shown(turn), WIDTH))
         print(textwrap.fill(f"User: {first.prompt}", WIDTH))
         for name in names:
             answer = results[name][i]
@@ -196,6 +218,8 @@ def write_report(folder: Path, models: dict[str, str], decoding: Decoding, resul
     names = list(results)
     for i, answer in enumerate(results[names[0]]):
         lines += [f"## User: {answer.prompt}", ""]
+        if answer.earlier:
+            lines += ["Earlier in this conversation:", "", *(f"> {shown(turn)}  " for turn in answer.earlier), ""]
         for name in names:
             lines += [f"**{name}**", "", "```", results[name][i].text, "```", ""]
     (folder / REPORT_MD).write_text("\n".join(lines))
