@@ -11,7 +11,7 @@ import torch
 from conftest import QA, ROOT
 
 import train_chatbot
-from sft import models, settings
+from sft import devices, models, settings
 from sft.data import token_cache
 from sft.data.masking import IGNORE_INDEX
 from sft.devices import Device
@@ -33,7 +33,7 @@ def tiny_model():
 def run_settings(tmp_path, **changes):
     return settings.from_constants(settings.constants(vars(train_chatbot)),
                                    **{"batch_size": 4, "max_steps": 1, "seed": 0, "output_dir": str(tmp_path / "out"),
-                                      **changes})
+                                      "precision": "fp32", **changes})  # exact comparisons: fp32 on any CPU
 
 
 def trainer_for(trainer_class, model, tokenizer, tmp_path, **changes):
@@ -216,7 +216,7 @@ def test_benchmark_runs_offline_and_prints_every_figure(tmp_path):
                             capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| project |" in result.stdout and "| naive |" in result.stdout
-    assert "Project vs naive, trained tokens/s:" in result.stdout and "Matrix multiply (fp32)" in result.stdout
+    assert "Project vs naive, trained tokens/s:" in result.stdout and f"Matrix multiply ({devices.pick_device().precision})" in result.stdout
     import json
 
     rows = json.loads((tmp_path / "figures.json").read_text())["workloads"]["long"]["rows"]

@@ -40,8 +40,8 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str, str]:
 def stop_server(process: subprocess.Popen) -> str:
     """Ctrl-C, as a user stops it: a clean exit."""
     process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=180)
-    stderr = "".join(process.log)
+    stdout, rest = process.communicate(timeout=180)
+    stderr = "".join(process.log) + (rest or "")
     assert process.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
     return stdout
 
@@ -195,7 +195,10 @@ def test_one_answer_at_a_time_a_bounded_queue_and_a_client_that_leaves_stops_its
     long = {"model": "base", "messages": HELLO, "max_tokens": 1000, "stream": True}
     first = httpx.Client(timeout=120)
     busy = first.send(first.build_request("POST", slow_server + "/v1/chat/completions", json=long), stream=True)
-    next(busy.iter_bytes())  # it is answering (1,000 tokens: most of a minute on a CPU)
+    # It is answering (1,000 tokens: most of a minute on a CPU). The reader is kept: a discarded one would be
+    # closed at once, and the connection with it, so that the first client would have left already.
+    reading = busy.iter_bytes()
+    next(reading)
 
     waited = {}
 
@@ -211,7 +214,9 @@ def test_one_answer_at_a_time_a_bounded_queue_and_a_client_that_leaves_stops_its
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "busy" in refused.json()["error"]["message"]
 
-    busy.close()  # the first client goes away: its answer stops, and the waiting one goes next
+    assert info(slow_server)["counts"].get("client left", 0) == 0  # the first client is still there
+    reading.close()  # the first client goes away: its answer stops, and the waiting one goes next
+    busy.close()
     first.close()
     waiting.join(timeout=120)
     assert waited["status"] == 200 and waited["body"].endswith(b"data: [DONE]\n\n")
@@ -281,6 +286,8 @@ def test_ctrl_c_stops_the_server_cleanly_while_it_streams(chat_model_dir, tmp_pa
     client = httpx.Client(timeout=120)
     streaming = client.send(client.build_request("POST", address + "/v1/chat/completions", json={
         "messages": HELLO, "max_tokens": 1000, "stream": True}), stream=True)
-    next(streaming.iter_bytes())  # an answer is being generated
+    reading = streaming.iter_bytes()  # kept: a discarded reader closes the connection
+    next(reading)  # an answer is being generated
     assert "Server stopped." in stop_server(process)  # exit status 0, no traceback, no abort
+    assert "the client left" not in "".join(process.log)  # it was still streaming when Ctrl-C came
     client.close()
