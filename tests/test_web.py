@@ -25,25 +25,34 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str, str]:
                                # Ctrl-C must reach it even when pytest runs in the background, where the shell
                                # makes its children ignore SIGINT
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    log = []  # its log, read as it comes: a full pipe would block the server
-    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
-    process.log = log
-    printed = []
+    # Both streams read as they come, each by one reader only (a full pipe would block the server)
+    process.log, process.printed = [], []
+    process.readers = [threading.Thread(target=lambda: process.log.extend(process.stderr), daemon=True)]
+    process.readers[0].start()
     for line in process.stdout:
-        printed.append(line)
+        process.printed.append(line)
         if line.startswith("Chat in your browser: "):
-            return process, line.split()[4], "".join(printed)
+            process.readers.append(threading.Thread(target=lambda: process.printed.extend(process.stdout),
+                                                    daemon=True))
+            process.readers[1].start()
+            return process, line.split()[4], "".join(process.printed)
     process.wait(timeout=60)
-    pytest.fail("the server did not start: " + "".join(printed) + "".join(log)[-2000:])
+    pytest.fail("the server did not start: " + "".join(process.printed) + "".join(process.log)[-2000:])
 
 
 def stop_server(process: subprocess.Popen) -> str:
-    """Ctrl-C, as a user stops it: a clean exit."""
+    """Ctrl-C, as a user stops it: a clean exit. Returns what it printed."""
     process.send_signal(signal.SIGINT)
-    stdout, rest = process.communicate(timeout=180)
-    stderr = "".join(process.log) + (rest or "")
+    try:
+        process.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the server was still running 180 s after Ctrl-C: " + "".join(process.log)[-2000:])
+    for reader in process.readers:
+        reader.join(timeout=60)
+    stderr = "".join(process.log)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
-    return stdout
+    return "".join(process.printed)
 
 
 @pytest.fixture(scope="module")
