@@ -179,7 +179,8 @@ def run_web(args, decoding):
         server.server_close()
     # Everything is written and closed. Exit now, without torch's own teardown: in bf16 on a CPU it aborted
     # ("terminate called without an active exception", exit status -6) after answers stopped mid-way.
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 

@@ -100,6 +100,11 @@ def too_long(what: str, length: int, context_window: int, max_new_tokens: int,
                      f"{knob}.")
 
 
+def as_chat(prompt: str | list[dict]) -> list[dict]:
+    """A prompt is a message, or a chat's messages up to the answer: as messages, either way."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
 def prompt_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
     """The token count of each conversation's prompt (unpadded: one long message costs only its own length)."""
     ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, sanitize_control_tokens=True,
@@ -110,8 +115,7 @@ def prompt_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
 def check_prompt_lengths(tokenizer, prompts: list, context_window: int, max_new_tokens: int) -> None:
     """Refuse, before generating anything, a prompt (a message, or a conversation up to the answer) that
     leaves no room for its answer."""
-    lengths = prompt_lengths(tokenizer, [[{"role": "user", "content": p}] if isinstance(p, str) else p
-                                         for p in prompts])
+    lengths = prompt_lengths(tokenizer, [as_chat(prompt) for prompt in prompts])
     for number, length in enumerate(lengths, start=1):
         if length + max_new_tokens > context_window:
             raise too_long(f"prompt {number}", length, context_window, max_new_tokens)

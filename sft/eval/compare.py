@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sft.data.chat_format import ROLE_LABELS
 from sft.errors import UserError
-from sft.generation import Decoding, generate_batch
+from sft.generation import Decoding, as_chat, generate_batch
 
 # The tutorial's four prompts, then a few other kinds of request.
 DEFAULT_PROMPTS = [
@@ -105,7 +105,7 @@ def generate_answers(model, tokenizer, prompts: list, decoding: Decoding, cut_ro
     together, so that a batch pads little. Returns (answers, generated tokens per second)."""
     from tqdm.auto import tqdm
 
-    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+    chats = [as_chat(prompt) for prompt in prompts]
     answers, generated, seconds = {}, 0, 0.0
     by_length = sorted(range(len(chats)), key=lambda i: sum(len(m["content"]) for m in chats[i]))
     progress = tqdm(total=len(prompts), desc=f"Generating with the {name} model", unit="prompt", leave=False)
@@ -155,10 +155,8 @@ def read_prompts(path: str) -> list[str | list[dict]]:
     return prompts
 
 
-# ----------------------------------------------------------------------------- report
-
-
 def prompt_from_json(line: str, where: str) -> str | list[dict]:
+    """A jsonl line: its "prompt", or its "messages" checked."""
     expected = (f"{where}: expected a JSON object with a \"prompt\" field, or \"messages\": a list of "
                 "{\"role\": \"user\" or \"assistant\", \"content\": text} that ends with the user's turn")
     try:
@@ -174,6 +172,9 @@ def prompt_from_json(line: str, where: str) -> str | list[dict]:
             or messages[-1]["role"] != "user"):
         raise UserError(expected)
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+# ----------------------------------------------------------------------------- report
 
 
 def shown(turn: dict) -> str:
