@@ -327,6 +327,40 @@ def test_a_port_another_program_holds_is_refused_saying_what_to_do(chat_model_di
                                          "another --port")
 
 
+def test_ctrl_c_that_lands_as_a_connections_thread_starts_stops_the_server(chat_model_dir, monkeypatch):
+    """Ctrl-C can land in Thread.start() after the connection's thread has already answered and freed its slot
+    (seen under load): it must still reach serve_forever's caller, and the slots must stay counted right."""
+    import socketserver
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.serve.web import ChatServer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
+    server = ChatServer(("127.0.0.1", 0), {"base": model}, tokenizer, 1024, {"about": "", "titles": {}},
+                        max_connections=CONNECTIONS, log=lambda line: None)
+    start_thread = socketserver.ThreadingMixIn.process_request
+
+    def thread_runs_then_ctrl_c(self, request, client_address):
+        before = set(threading.enumerate())
+        start_thread(self, request, client_address)
+        for thread in set(threading.enumerate()) - before:
+            thread.join(60)  # the request answered and its slot freed, before the interrupt below
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", thread_runs_then_ctrl_c)
+    with socket.create_connection(server.server_address, timeout=60) as client:
+        client.sendall(b"GET /v1/models HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                server.handle_request()  # one turn of serve_forever's loop
+            assert client.recv(4096).startswith(b"HTTP/1.0 200")
+        finally:
+            server.server_close()
+    assert [server.slots.acquire(blocking=False) for _ in range(CONNECTIONS + 1)] == [True] * CONNECTIONS + [False]
+
+
 def test_the_page_asks_for_the_api_key_in_chromium(chat_model_dir, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

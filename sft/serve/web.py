@@ -586,9 +586,9 @@ class ChatServer(ThreadingHTTPServer):
             return self.refuse(request)
         try:
             super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
+        except Exception:  # no thread started (none left): its slot is free again. Not on Ctrl-C, which can land
+            self.slots.release()  # in Thread.start() after the thread has run and freed the slot: a second release
+            raise  # raised ValueError in place of KeyboardInterrupt, and the server went on serving
 
     def process_request_thread(self, request, client_address):
         try:
