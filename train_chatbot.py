@@ -21,7 +21,7 @@ from sft.train import metadata, save
 from sft.train.callbacks import AnswersAtEvaluation, LogLines, NoCheckpointAtTheEnd, StopOnCtrlC
 from sft.train.lora import lora_config
 from sft.train.run import Run
-from sft.train.trainer import SFTTrainer, sft_config  # TRL's SFTTrainer with two measured speed-ups (see there)
+from sft.train.trainer import SFTTrainer, sft_config  # TRL's SFTTrainer with two measured changes (see there)
 
 # --- settings ----------------------------------------------------------------------------------
 # What to train, on what
