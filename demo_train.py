@@ -15,4 +15,4 @@ FREEZE_EMBEDDINGS = True  # 2.9x faster steps on the kit (1.4x the whole run), s
 
 if __name__ == "__main__":
     train_chatbot.main(NUM_TRAIN_SAMPLES=NUM_TRAIN_SAMPLES, NUM_EPOCHS=NUM_EPOCHS, OUTPUT_DIR=OUTPUT_DIR,
-                       FREEZE_EMBEDDINGS=FREEZE_EMBEDDINGS)
+                       FREEZE_EMBEDDINGS=FREEZE_EMBEDDINGS, description=__doc__)

@@ -19,4 +19,4 @@ OUTPUT_DIR = "./chatbot-test"
 if __name__ == "__main__":
     train_chatbot.main(NUM_TRAIN_SAMPLES=NUM_TRAIN_SAMPLES, MAX_STEPS=MAX_STEPS, BATCH_SIZE=BATCH_SIZE,
                        GRADIENT_ACCUMULATION_STEPS=GRADIENT_ACCUMULATION_STEPS, OUTPUT_DIR=OUTPUT_DIR,
-                       FREEZE_EMBEDDINGS=FREEZE_EMBEDDINGS)
+                       FREEZE_EMBEDDINGS=FREEZE_EMBEDDINGS, description=__doc__)

@@ -73,8 +73,8 @@ TRUST_REMOTE_CODE = False  # let a model repository run its own Python code; lea
 # --- the recipe ----------------------------------------------------------------------------------
 @exit_on_user_error
 @only_the_main_process_prints
-def main(argv=None, **overrides):
-    s = settings.parse({**settings.constants(globals()), **overrides}, argv, __doc__, Path(__file__))
+def main(argv=None, description=__doc__, **overrides):
+    s = settings.parse({**settings.constants(globals()), **overrides}, argv, description, Path(__file__))
     with Run(s) as run:  # checks before any work; the output folder is ours until the run ends
         set_seed(s.seed)
 

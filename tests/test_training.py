@@ -110,6 +110,7 @@ def test_demo_and_full_scripts_share_the_code_with_their_own_constants():
     assert (demo_train.NUM_TRAIN_SAMPLES, demo_train.NUM_EPOCHS, demo_train.OUTPUT_DIR) == (1000, 1, "./chatbot-demo")
     assert (quick_test.NUM_TRAIN_SAMPLES, quick_test.MAX_STEPS, quick_test.OUTPUT_DIR) == (100, 20, "./chatbot-test")
     help_text = run_script("demo_train.py", "--help").stdout
+    assert "A middle-sized run: 1,000 chats" in help_text  # its own description, not train_chatbot.py's
     assert "--num-train-samples" in help_text and "(default: 1000)" in help_text
     assert "--base-model" in help_text and "(default: gpt2)" in help_text
     assert "--num-epochs" in help_text and "(default: 1.0)" in help_text

@@ -79,7 +79,10 @@ def checker():
     """lm-eval's copy of Google's IFEval rules (test_instruction_following_strict/loose, InputExample)."""
     check_installed()
     prepare_sentence_splitter()  # before the checker's import, which would otherwise try to download punkt_tab
+    from langdetect import DetectorFactory
     from lm_eval.tasks.ifeval import utils
+
+    DetectorFactory.seed = 0  # the language and case checks call langdetect, which is random unless seeded
 
     return utils
 
