@@ -39,6 +39,18 @@ def live(chat_model_dir):
     server.server_close()
 
 
+def one_model_server(chat_model_dir, address=("127.0.0.1", 0), about="", titles=None, **limits):
+    """A quiet ChatServer serving the random GPT-2 as "base" (not started: the test runs it as it needs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.serve.web import ChatServer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
+    return ChatServer(address, {"base": model}, tokenizer, 1024, {"about": about, "titles": titles or {}},
+                      log=lambda line: None, **limits)
+
+
 def chat(address, headers=None, **body) -> httpx.Response:
     return httpx.post(f"{address}/v1/chat/completions", json={"max_tokens": 4, "messages": HELLO, **body},
                       headers=headers, timeout=120)
@@ -283,18 +295,11 @@ def test_a_waiting_request_whose_client_left_never_runs(live):
 
 
 def test_an_api_key_is_required_when_set_and_ipv6_loopback_is_served(chat_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sft.serve.web import ChatServer
-
     try:
         socket.socket(socket.AF_INET6).bind(("::1", 0))
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
-    server = ChatServer(("::1", 0), {"base": model}, tokenizer, 1024, {"about": "", "titles": {}}, api_key="k3y",
-                        log=lambda line: None)
+    server = one_model_server(chat_model_dir, ("::1", 0), api_key="k3y")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = f"http://[::1]:{server.server_address[1]}"
     try:
@@ -309,20 +314,14 @@ def test_an_api_key_is_required_when_set_and_ipv6_loopback_is_served(chat_model_
 
 
 def test_a_port_another_program_holds_is_refused_saying_what_to_do(chat_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sft.errors import UserError
-    from sft.serve.web import ChatServer
 
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
     with socket.socket() as other:  # another program listening on the port
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
         with pytest.raises(UserError) as refused:
-            ChatServer(("127.0.0.1", port), {"base": model}, tokenizer, 1024, {"about": "", "titles": {}},
-                       log=lambda line: None)
+            one_model_server(chat_model_dir, ("127.0.0.1", port))
     assert str(refused.value).startswith(f"cannot serve on 127.0.0.1 port {port}: Address already in use. Pick "
                                          "another --port")
 
@@ -332,14 +331,7 @@ def test_ctrl_c_that_lands_as_a_connections_thread_starts_stops_the_server(chat_
     (seen under load): it must still reach serve_forever's caller, and the slots must stay counted right."""
     import socketserver
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sft.serve.web import ChatServer
-
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
-    server = ChatServer(("127.0.0.1", 0), {"base": model}, tokenizer, 1024, {"about": "", "titles": {}},
-                        max_connections=CONNECTIONS, log=lambda line: None)
+    server = one_model_server(chat_model_dir, max_connections=CONNECTIONS)
     start_thread = socketserver.ThreadingMixIn.process_request
 
     def thread_runs_then_ctrl_c(self, request, client_address):
@@ -364,14 +356,8 @@ def test_ctrl_c_that_lands_as_a_connections_thread_starts_stops_the_server(chat_
 def test_the_page_asks_for_the_api_key_in_chromium(chat_model_dir, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.serve.web import ChatServer
-
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
-    server = ChatServer(("127.0.0.1", 0), {"base": model}, tokenizer, 1024, {"about": "keyed", "titles": {
-        "base": "Base model"}}, api_key="k3y", log=lambda line: None)
+    server = one_model_server(chat_model_dir, about="keyed", titles={"base": "Base model"}, api_key="k3y")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
