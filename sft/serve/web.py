@@ -584,11 +584,14 @@ class ChatServer(ThreadingHTTPServer):
         """A thread for the connection, if one of max_connections is free; otherwise a 503 at once."""
         if not self.slots.acquire(blocking=False):
             return self.refuse(request)
+        # No thread started (none left): the slot is free again. Not on Ctrl-C (BaseException), which can land in
+        # Thread.start() after the thread has run and freed its slot: a second release would raise ValueError in
+        # place of KeyboardInterrupt, and the server would go on serving.
         try:
             super().process_request(request, client_address)
-        except Exception:  # no thread started (none left): its slot is free again. Not on Ctrl-C, which can land
-            self.slots.release()  # in Thread.start() after the thread has run and freed the slot: a second release
-            raise  # raised ValueError in place of KeyboardInterrupt, and the server went on serving
+        except Exception:
+            self.slots.release()
+            raise
 
     def process_request_thread(self, request, client_address):
         try:
