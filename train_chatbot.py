@@ -32,7 +32,7 @@ NUM_TRAIN_SAMPLES = 5000  # chats to train on (more: a better chatbot and a long
 # The offline kit's instruction data only (sft/data/kit.py): what share of the training chats. Off: at
 # quick_test.py's scale, 0.2 / 0.1 / 0.3 made the model worse (BENCHMARKS.md: the kit's training mix)
 MULTI_TURN_SHARE = 0.0  # kit: share of training chats with 2-3 exchanges (the next turns of the conversation)
-LONG_ANSWER_SHARE = 0.0  # kit: share of training chats with a long answer (100-300 words instead of 15-100)
+LONG_ANSWER_SHARE = 0.0  # kit: share of training chats with a long answer (121-300 words instead of 15-120)
 CONSTRAINT_SHARE = 0.0  # kit: share of training chats asking for a form (lowercase, JSON, N bullets...), obeyed
 OUTPUT_DIR = "./chatbot-finetuned"  # where the fine-tuned model folder is written
 # How long, how fast

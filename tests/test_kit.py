@@ -10,8 +10,8 @@ from sft.data import kit, load
 from sft.eval import ifeval
 
 EXCHANGES_IN_FILE = 17_671  # whole conversation objects before the file's cut (README)
-SELECTED, TEST_SPLIT = 1_439, 131  # kept by the filters; of which the test split (README)
-LONG, MULTI_TURN = 3_078, 330  # long answers, and training chats that go on for 2-3 exchanges (docs/offline-kit.md)
+SELECTED, TEST_SPLIT = 1_349, 130  # kept by the filters; of which the test split (README)
+LONG, MULTI_TURN = 2_705, 325  # long answers, and training chats that go on for 2-3 exchanges (docs/offline-kit.md)
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +62,19 @@ def test_every_kept_exchange_passes_the_documented_filters(file_records, selecte
     kept = kit.select(file_records)
     for record in kept:
         words = len(record["request"].split()), len(record["answer"].split())
-        low, high, characters = (101, 300, 2500) if record["kind"] == "long" else (15, 100, 1000)
+        low, high, characters = (121, 300, 2500) if record["kind"] == "long" else (15, 120, 1200)
         assert record["id"].endswith("_0") and 3 <= words[0] <= 80 and low <= words[1] <= high, record
         assert len(record["request"]) + len(record["answer"]) <= characters, record
         assert len(record["more"]) <= 2 and (not record["more"] or record["kind"] == "first")
         assert sum(len(text) for exchange in [(record["request"], record["answer"])] + record["more"]
                    for text in exchange) <= 2000 or not record["more"]
         for request, answer in record["more"]:
-            assert 3 <= len(request.split()) <= 80 and 15 <= len(answer.split()) <= 100, record
+            assert 3 <= len(request.split()) <= 80 and 15 <= len(answer.split()) <= 120, record
+            assert not kit.NOT_AN_ANSWER.search(answer), record
         assert any([t["from"] for t in turns[:2]] == ["human", "gpt"] and turns[1]["value"].strip() == record["answer"]
                    for turns in by_id[record["id"]]), record
         assert re.search(r"[.!?:)\]\"'*`]\s*$", record["answer"]), record
+        assert not kit.NOT_AN_ANSWER.search(record["answer"]), record
     for record in kept[::20]:  # langdetect is slow: a twentieth of them
         assert detect(record["request"] + "\n" + record["answer"]) == "en", record
     pool, test = selected
@@ -94,22 +96,32 @@ def test_each_filter_drops_what_it_should():
 
     ifeval_prompt = ifeval.prompts(1)[0]["prompt"]
     assert len(kit.select([good, variant()])) == 2  # without a defect, a variant is kept
+    offers_more = variant(reply=answer + " Let me know if you would like to know more about its history.")
+    assert len(kit.select([good, offers_more])) == 2  # an answer that offers more is still an answer
     dropped = {
         "the same request again": variant(request=good["conversations"][0]["value"]),
         "a later part of a split conversation": variant(id_="x_1"),
         "starting with the assistant": variant(speakers=("gpt", "human")),
         "a two-word request": variant(request="Capital, France?"),
-        "a 101-word answer": variant(reply=" ".join(["word"] * 100) + " end."),
-        "over 1,000 characters": variant(  # 91 words
+        "a 121-word answer": variant(reply=" ".join(["word"] * 120) + " end."),
+        "over 1,200 characters": variant(  # 99 words
             request="Could you describe, in some detail, which international and administrative institutions are "
                     "hosted in the French capital city?",
             reply=" ".join(["Paris hosts extraordinarily comprehensive international administrative institutions, "
-                            "governmental representatives and responsibilities."] * 7)),
+                            "governmental representatives and responsibilities."] * 9)),
         "a 14-word answer": variant(reply="Paris is the capital of France and the seat of the government."),
         "an answer cut off mid-sentence": variant(reply=answer[:-1] + " and also the"),
         "French": variant(request="Quelle est la capitale de la France, s'il te plaît ?",
                           reply="Paris est la capitale de la France depuis des siècles, et le siège du gouvernement."),
         "an IFEval prompt's 8 words in a row": variant(request="Please: " + " ".join(ifeval_prompt.split()[:8])),
+        "asking for the text instead of answering": variant(
+            reply="Sure, I'd be happy to help with that. Please provide the text you would like me to summarise."),
+        "asking for more context": variant(
+            reply="Could you give me more context? I am not sure which country you mean, as there are several."),
+        "an apology instead of an answer": variant(
+            reply="I'm sorry, but I do not have enough information about that country to answer your question."),
+        "only saying it is ready": variant(
+            reply="Yes, I understand. I am ready to help you with your questions about France and its capital."),
     }
     assert kit.select([good]) == [{"id": "good_0", "kind": "first", "request": "What is the capital of France?",
                                    "answer": answer, "more": []}]
