@@ -6,7 +6,7 @@ Both models get the same prompt, rendered by the fine-tuned model's chat templat
 
     clean stop    the answer ended with end-of-text before the token limit
     role leak     the model wrote a new "User:" or a further "Assistant:" turn itself
-    repetition    a line repeated, or a phrase looping (the same 4 words 3 times or more)
+    repetition    a line of words repeated, or a phrase looping (the same 4 words 3 times or more)
     length        mean answer length in tokens; plus generation speed in tokens/s
 """
 
@@ -63,9 +63,11 @@ _STUTTER = re.compile(r"(\S.{3,}?)\1{2,}", re.DOTALL)  # a 4+ character piece th
 
 
 def has_repetition(answer: str, ngram: int = 4, loops: int = 3) -> bool:
-    """A non-empty line said twice, a stutter ("WorkWorkWork"), or the same `ngram` words `loops` times."""
+    """A line of words said twice, a stutter ("WorkWorkWork"), or the same `ngram` words `loops` times.
+    Lines without a letter or digit (a `***` between paragraphs, a code fence, a `}`) are markup, not a loop:
+    counted, they flagged 61 of the kit's 1,219 answers, and any answer of 3 paragraphs split by IFEval's `***`."""
     lines = [_ROLE_LINE.sub("", line).strip().lower() for line in answer.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if re.search(r"\w", line)]
     if len(lines) != len(set(lines)) or _STUTTER.search(answer):
         return True
     words = re.findall(r"\w+", answer.lower())
