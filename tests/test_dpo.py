@@ -200,6 +200,27 @@ def test_offline_pairs_are_the_sft_models_own_answers_generated_once_and_cached(
     assert all(p["chosen"] != p["rejected"] and p["prompt"][-1]["role"] == "user" for p in pairs.train)
 
 
+def test_rejected_temperature_0_writes_the_greedy_answers_that_eval_scores(quick_run):
+    import train_dpo
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft import settings
+    from sft.eval import compare
+    from sft.generation import Decoding
+
+    sft_dir, _ = quick_run
+    s = settings.parse(settings.constants(vars(train_dpo)), ["--rejected-temperature", "0",
+                       "--rejected-max-new-tokens", "12"], "", ROOT / "train_dpo.py")
+    assert preferences.rejected_decoding(s).describe() == "greedy"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(sft_dir)
+    prompts = [[{"role": "user", "content": q}] for q, _ in QA[:3]]
+    rejected = preferences.generate(model, tokenizer, prompts, s)
+    greedy, _ = compare.generate_answers(model, tokenizer, prompts, Decoding(max_new_tokens=12, batch_size=3))
+    assert rejected == [answer.text for answer in greedy]
+    s.rejected_temperature = 0.7  # sampled, as in the chat: other answers from the same model
+    assert preferences.generate(model, tokenizer, prompts, s) != rejected
+
+
 def test_quick_changes_only_the_settings_not_typed():
     import train_dpo
     from sft import settings

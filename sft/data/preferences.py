@@ -34,7 +34,7 @@ from sft.offline_kit import cache_dir
 SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also their name in the metadata)
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")  # what the chat template renders
-GENERATION_BATCH = 8  # answers generated together on a CPU (64 on a GPU)
+GENERATION_BATCH = 32  # answers generated together on a CPU (64 on a GPU), as in compare and eval
 
 Messages = list[dict]
 
@@ -184,8 +184,8 @@ def self_generated_pairs(s, model, tokenizer, notices: list[str]) -> PairData:
              for chat, answer in zip(chats, rejected)]
     train = pairs[:min(s.num_pairs, len(pool))]
     return PairData(train, pairs[len(train):], "offline-kit", SELF_GENERATED, "-",
-                    f"the SFT model's own (sampled at temperature {s.rejected_temperature:g}, top-p 0.9, up to "
-                    f"{s.rejected_max_new_tokens} tokens); chosen: the corpus answers ({kit.SHAREGPT})", notices)
+                    f"the SFT model's own ({rejected_decoding(s).describe()}, up to {s.rejected_max_new_tokens} "
+                    f"tokens); chosen: the corpus answers ({kit.SHAREGPT})", notices)
 
 
 def sft_answers(s, model, tokenizer, prompts: list[Messages]) -> list[str]:
@@ -212,23 +212,26 @@ def answers_cache(s, prompts: list[Messages]) -> Path:
     return cache_dir() / "dpo-rejected" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
+def rejected_decoding(s):
+    """Sampled as in the chat (what users see), or greedy at temperature 0 (what eval scores: its loops)."""
+    from sft.generation import Decoding
+
+    return Decoding(max_new_tokens=s.rejected_max_new_tokens, sample=s.rejected_temperature > 0,
+                    temperature=s.rejected_temperature, top_p=0.9, seed=s.seed)
+
+
 def generate(model, tokenizer, prompts: list[Messages], s) -> list[str]:
-    from tqdm.auto import tqdm
+    """compare's generation: prompts of similar length batched together, 32 on a CPU (BENCHMARKS.md)."""
+    from sft.eval.compare import generate_answers
 
-    from sft.generation import Decoding, generate_batch
-
-    batch = 64 if model.device.type == "cuda" else GENERATION_BATCH
-    decoding = Decoding(max_new_tokens=s.rejected_max_new_tokens, sample=True, temperature=s.rejected_temperature,
-                        top_p=0.9, seed=s.seed)  # as in the chat: what users see
+    decoding = rejected_decoding(s)
+    decoding.batch_size = 64 if model.device.type == "cuda" else GENERATION_BATCH
     was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
-    answers = []
-    for start in tqdm(range(0, len(prompts), batch), desc="The SFT model answers (rejected side)", unit="batch"):
-        rows, _ = generate_batch(model, tokenizer, prompts[start:start + batch], decoding, seed=s.seed + start)
-        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    answers, _ = generate_answers(model, tokenizer, prompts, decoding, name="SFT")
     model.train(was_training)
     tokenizer.padding_side = padding_side  # the saved tokenizer keeps its own
-    return answers
+    return [answer.text for answer in answers]
 
 
 def as_dataset(pairs: list[dict]):
