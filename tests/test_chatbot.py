@@ -39,13 +39,13 @@ def test_other_repetition_shapes():
     assert compare.has_repetition("I like it and I like it and I like it and so on")
     assert not compare.has_repetition("Red, yellow and blue are the three primary colours of paint.")
     assert compare.has_repetition("Rest well.\nDrink water.\nRest well.")
+    assert compare.has_role_leak("Sure.\nUser: and now?") and not compare.has_role_leak("The user: a person.")
 
 
 def test_markup_lines_are_not_a_loop_but_markup_looping_is():
     assert not compare.has_repetition("First part.\n***\nSecond part.\n***\nThird part.")
     assert not compare.has_repetition("```\nprint(1)\n```\nThen:\n```\nprint(2)\n```")
     assert compare.has_repetition("A list:\n* * *\n* * *\n* * *\n* * *")
-    assert compare.has_role_leak("Sure.\nUser: and now?") and not compare.has_role_leak("The user: a person.")
 
 
 def test_prompts_file_lines_or_jsonl(tmp_path):
