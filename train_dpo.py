@@ -44,6 +44,7 @@ BATCH_SIZE = 4  # pairs per forward pass on each device (each pair is two sequen
 GRADIENT_ACCUMULATION_STEPS = 4  # forward passes summed into one optimizer step
 MAX_LENGTH = 1024  # longest prompt + answer in tokens; longer ones are cut at the end
 PRECISION = "auto"  # auto: bf16 where the GPU or CPU has it natively, else fp16 (old GPUs) or fp32; or bf16, fp16, fp32
+FREEZE_EMBEDDINGS = False  # keep the token embedding (and an output head tied to it) as it is: faster steps
 # LoRA: train small adapters instead of every weight (the reference is then the model with them switched off)
 LORA = False  # train LoRA adapters (saved merged into the model, and alone in OUTPUT_DIR/adapter)
 QLORA = False  # LoRA on the model held in 4 bits (NVIDIA GPU and pip install bitsandbytes): the least memory
@@ -69,7 +70,8 @@ TRUST_REMOTE_CODE = False  # let a model repository run its own Python code; lea
 QUICK = False  # a few minutes on a CPU: the settings in QUICK_RUN below, except those given as flags
 
 QUICK_RUN = dict(SFT_MODEL="./chatbot-test", OUTPUT_DIR="./chatbot-dpo-test", PAIRS=preferences.SELF_GENERATED,
-                 NUM_PAIRS=48, EVAL_PAIRS=16, MAX_STEPS=12, GRADIENT_ACCUMULATION_STEPS=1)  # 12 steps of 4 pairs
+                 NUM_PAIRS=48, EVAL_PAIRS=16, MAX_STEPS=12, GRADIENT_ACCUMULATION_STEPS=1,  # 12 steps of 4 pairs
+                 FREEZE_EMBEDDINGS=True)  # 2.9x faster steps on a CPU, the same quality (BENCHMARKS.md, DPO on a CPU)
 
 
 # --- the recipe ----------------------------------------------------------------------------------

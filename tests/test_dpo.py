@@ -201,9 +201,9 @@ def test_offline_pairs_are_the_sft_models_own_answers_generated_once_and_cached(
 
 
 def test_rejected_temperature_0_writes_the_greedy_answers_that_eval_scores(quick_run):
-    import train_dpo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import train_dpo
     from sft import settings
     from sft.eval import compare
     from sft.generation import Decoding

@@ -12,7 +12,7 @@ from conftest import QA, ROOT
 
 import train_chatbot
 from sft import devices, models, settings
-from sft.data import token_cache
+from sft.data import preferences, token_cache
 from sft.data.masking import IGNORE_INDEX
 from sft.devices import Device
 from sft.train.run import Run
@@ -76,6 +76,76 @@ def test_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenize
             assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
     for metric in ("mean_token_accuracy", "entropy", "num_tokens"):
         assert reference._metrics["train"][metric] == pytest.approx(fast._metrics["train"][metric], rel=1e-5), metric
+
+
+PAIRS = [{"prompt": [{"role": "user", "content": f"{q} ({i})"}],
+          "chosen": [{"role": "assistant", "content": a}],
+          "rejected": [{"role": "assistant", "content": "No, no. " * (1 + i % 4)}]} for i, (q, a) in enumerate(QA * 2)]
+
+
+def dpo_trainer_for(trainer_class, tokenizer, tmp_path, freeze_head: bool, precision="fp32", moved=0.05):
+    """A DPO trainer on the tiny model, against a reference `moved` away, so both log-probabilities count."""
+    import train_dpo
+    from sft.train.trainer import dpo_config
+
+    model, reference = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for weight in reference.parameters():
+            weight.add_(moved * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    model.get_input_embeddings().weight.requires_grad_(not freeze_head)
+    config = settings.from_constants(settings.constants(vars(train_dpo)), batch_size=4, max_steps=1, seed=0,
+                                     output_dir=str(tmp_path / "out"), precision=precision)
+    trainer = trainer_class(model=model, ref_model=reference, args=dpo_config(config, Run(config), evaluate=True),
+                            train_dataset=preferences.as_dataset(PAIRS), eval_dataset=preferences.as_dataset(PAIRS),
+                            processing_class=tokenizer)
+    return trainer, model
+
+
+@pytest.mark.parametrize("freeze_head", [True, False])  # frozen: the policy's head too; trained: the reference's
+def test_dpo_label_only_head_gives_the_same_loss_gradients_and_metrics(chat_tokenizer, tmp_path, monkeypatch,
+                                                                       freeze_head):
+    from trl import DPOTrainer as TRLDPOTrainer
+
+    from sft.train import label_only_loss
+    from sft.train.trainer import DPOTrainer
+
+    monkeypatch.setattr(label_only_loss, "CHUNK_LOGITS", 7 * chat_tokenizer.vocab_size)  # several chunks
+    calls = []
+    apply = label_only_loss.LabelLogProbs.apply
+    monkeypatch.setattr(label_only_loss.LabelLogProbs, "apply", lambda *a: calls.append(a[0].shape[0]) or apply(*a))
+    trainers = [dpo_trainer_for(cls, chat_tokenizer, tmp_path / cls.__module__, freeze_head)
+                for cls in (TRLDPOTrainer, DPOTrainer)]
+    batch = trainers[0][0].data_collator([trainers[0][0].train_dataset[i] for i in range(4)])
+    assert (batch["attention_mask"] == 0).any()  # padded: answers of different lengths
+
+    losses = []
+    for trainer, model in trainers:
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        losses.append(loss.item())
+    answer_tokens = int(batch["completion_mask"].sum())
+    assert calls == [answer_tokens] * (2 if freeze_head else 1)  # the reference's, and a frozen policy's
+    assert losses[0] != pytest.approx(0.6931, abs=1e-3)  # the reference differs from the policy
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name, a), (_, b) in zip(trainers[0][1].named_parameters(), trainers[1][1].named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    metrics = [trainer._metrics["train"] for trainer, _ in trainers]
+    assert set(metrics[0]) == set(metrics[1])
+    for metric in metrics[0]:
+        assert metrics[0][metric] == pytest.approx(metrics[1][metric], rel=1e-4, abs=1e-6), metric
+
+
+def test_dpo_label_only_head_scores_policy_and_reference_alike_in_bf16(chat_tokenizer, tmp_path):
+    """Before any step the model is its reference: in mixed precision too, the reward is 0 and the loss ln 2."""
+    from sft.train.trainer import DPOTrainer
+
+    trainer, _ = dpo_trainer_for(DPOTrainer, chat_tokenizer, tmp_path, freeze_head=True, precision="bf16", moved=0)
+    trainer.train()  # evaluates first, with the model prepared for training (its forward in autocast)
+    scores = next(entry for entry in trainer.state.log_history if "eval_loss" in entry)
+    assert scores["eval_rewards/margins"] == 0 and scores["eval_loss"] == pytest.approx(0.693147, abs=1e-6)
 
 
 def test_compiled_blocks_give_the_same_loss_and_gradients(chat_tokenizer, tmp_path):

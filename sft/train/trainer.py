@@ -2,6 +2,8 @@
 
 - Off CUDA, the language-model head is applied only at labelled positions (label_only_loss.py): 1.57x to
   1.67x per step on a 2-core CPU, with the same loss, gradients and logged metrics.
+- DPO: off CUDA, each answer token's log-probability is also computed at labelled positions only, for the
+  reference model and for a frozen head (label_only_loss.add_label_only_head).
 - Length-grouped batches drawn from (seed, epoch) alone, so that a resumed run sees the batches the
   interrupted one would have: transformers' own sampler draws from the global random state, which a
   resume restores as it was mid-epoch, not at the epoch's start (a resumed run then ended elsewhere).
@@ -14,7 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from sft import distributed
 from sft.train.callbacks import LogLines
-from sft.train.label_only_loss import causal_lm, label_only_logits_possible, labelled_tokens_loss
+from sft.train.label_only_loss import add_label_only_head, causal_lm, label_only_logits_possible, labelled_tokens_loss
 
 DATALOADER_WORKERS_ON_GPU = 2  # processes that collate batches while a GPU trains (none on a CPU)
 
@@ -161,11 +163,16 @@ class SFTTrainer(trl.SFTTrainer):
 
 
 class DPOTrainer(trl.DPOTrainer):
-    """trl.DPOTrainer, printing our log lines (with DPO's rewards) instead of the Trainer's dicts."""
+    """trl.DPOTrainer with the label-only head off CUDA, printing our log lines (with DPO's rewards)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         use_our_log_lines(self)
+        if self.accelerator.device.type != "cuda":  # TRL's head scores every position there, prompts and padding too
+            for model in (self.model, self.ref_model):
+                model = causal_lm(self.accelerator.unwrap_model(model)) if model is not None else None
+                if model is not None and label_only_logits_possible(model):
+                    add_label_only_head(model, self.accelerator.autocast)
 
 
 class GRPOTrainer(trl.GRPOTrainer):
