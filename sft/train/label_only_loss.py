@@ -51,6 +51,17 @@ def labelled_tokens_loss(model, inputs: dict):
     return loss_sum, entropy, correct, mask.sum()
 
 
+def scored_chunks(hidden, weight, targets):
+    """The rows scored against the head a chunk at a time, so that one chunk's logits live at once: for each,
+    (its slice of the rows, the rows, their targets, their row numbers, the fp32 logits, their log-softmax)."""
+    rows_per_chunk = max(1, CHUNK_LOGITS // weight.shape[0])
+    for start in range(0, hidden.shape[0], rows_per_chunk):
+        chunk = slice(start, start + rows_per_chunk)
+        rows, wanted = hidden[chunk], targets[chunk]
+        logits = (rows @ weight.T).float()
+        yield chunk, rows, wanted, torch.arange(len(wanted), device=wanted.device), logits, torch.log_softmax(logits, -1)
+
+
 class LabelledTokensLoss(torch.autograd.Function):
     """Cross-entropy summed over the labelled positions only, with the output head applied chunk by chunk.
 
@@ -63,24 +74,20 @@ class LabelledTokensLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, with_gradients: bool):
-        rows_per_chunk = max(1, CHUNK_LOGITS // weight.shape[0])
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         entropy, correct = torch.zeros_like(loss), torch.zeros_like(loss)
         # Only what backward will need: none in evaluation, no head gradient when it is frozen (LoRA).
         grad_hidden = torch.empty_like(hidden) if with_gradients and ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if with_gradients and ctx.needs_input_grad[1] else None
-        for start in range(0, hidden.shape[0], rows_per_chunk):
-            rows, wanted = hidden[start:start + rows_per_chunk], targets[start:start + rows_per_chunk]
-            log_probs = torch.log_softmax((rows @ weight.T).float(), dim=-1)
-            picked = torch.arange(len(wanted), device=wanted.device)
+        for chunk, rows, wanted, picked, logits, log_probs in scored_chunks(hidden, weight, targets):
             loss -= log_probs[picked, wanted].sum()
             probs = log_probs.exp()
             entropy -= (probs * log_probs).sum()
-            correct += (log_probs.argmax(-1) == wanted).sum()
+            correct += (logits.argmax(-1) == wanted).sum()
             probs[picked, wanted] -= 1  # d(-log p[target]) / d(logits)
             probs = probs.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[start:start + rows_per_chunk] = probs @ weight
+                grad_hidden[chunk] = probs @ weight
             if grad_weight is not None:
                 grad_weight.addmm_(probs.T, rows)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -105,17 +112,11 @@ class LabelLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, with_gradients: bool):
-        rows_per_chunk = max(1, CHUNK_LOGITS // weight.shape[0])
         log_prob, entropy, mean_logit = (torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
                                          for _ in range(3))
         on_top = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_gradients and ctx.needs_input_grad[0] else None
-        for start in range(0, hidden.shape[0], rows_per_chunk):
-            rows, wanted = hidden[start:start + rows_per_chunk], targets[start:start + rows_per_chunk]
-            chunk = slice(start, start + len(wanted))
-            logits = (rows @ weight.T).float()
-            log_probs = torch.log_softmax(logits, dim=-1)
-            picked = torch.arange(len(wanted), device=wanted.device)
+        for chunk, _rows, wanted, picked, logits, log_probs in scored_chunks(hidden, weight, targets):
             log_prob[chunk] = log_probs[picked, wanted]
             probs = log_probs.exp()
             entropy[chunk] = -(probs * log_probs).sum(-1)

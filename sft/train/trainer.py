@@ -169,9 +169,9 @@ class DPOTrainer(trl.DPOTrainer):
         super().__init__(*args, **kwargs)
         use_our_log_lines(self)
         if self.accelerator.device.type != "cuda":  # TRL's head scores every position there, prompts and padding too
-            for model in (self.model, self.ref_model):
-                model = causal_lm(self.accelerator.unwrap_model(model)) if model is not None else None
-                if model is not None and label_only_logits_possible(model):
+            for model in (m for m in (self.model, self.ref_model) if m is not None):  # LoRA: no reference copy
+                model = causal_lm(self.accelerator.unwrap_model(model))
+                if label_only_logits_possible(model):
                     add_label_only_head(model, self.accelerator.autocast)
 
 
