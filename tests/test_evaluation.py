@@ -189,3 +189,16 @@ def test_the_base_models_answers_are_generated_once_per_base_prompts_and_decodin
         next(model.parameters()).add_(0.5)
     evaluate.kept_answers(model, tokenizer, prompts, decoding, "base")
     assert "were kept" not in capsys.readouterr().out
+
+
+def test_the_model_a_run_continued_from_is_generated_once_whatever_its_name(chat_model_dir, capsys):
+    from sft import generation, models
+    from sft.eval import evaluate
+
+    model, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
+    items = [item("change_case:english_lowercase"), item("punctuation:no_comma")]
+    decoding = generation.Decoding(max_new_tokens=4)
+    for _ in range(2):  # a DPO model is evaluated against the SFT model it continued: twice, as after two DPO runs
+        evaluate.evaluate({"SFT": model, "DPO": model}, tokenizer, items, decoding, None, 64)
+    printed = capsys.readouterr().out
+    assert printed.count("were kept from an earlier evaluation") == 1 and "The SFT model's answers" in printed

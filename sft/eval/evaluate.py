@@ -23,9 +23,10 @@ CUT_BASE = "base, cut at its first role line"
 def evaluate(contenders: dict, tokenizer, items: list[dict], decoding, held_out: list | None, max_length: int) -> dict:
     """Answers, IFEval scores, behaviour and held-out loss for each model in `contenders` (name -> model)."""
     results, started = {}, time.time()
+    starting_point = next(iter(contenders))  # the base, or the SFT model a DPO or GRPO run continued
     for name, model in contenders.items():
         prompts = [item["prompt"] for item in items]
-        if name == "base":  # the same for every model trained from this base: generated once, then kept
+        if name == starting_point:  # the same for every model trained from it: generated once, then kept
             answers, speed = kept_answers(model, tokenizer, prompts, decoding, name)
         else:
             answers, speed = compare.generate_answers(model, tokenizer, prompts, decoding, name=name)
@@ -51,7 +52,7 @@ def by_group(score: dict) -> dict:
 def kept_answers(model, tokenizer, prompts: list[str], decoding, name: str):
     """compare.generate_answers, kept in the project's cache under a key of everything the answers depend on:
     the weights, the chat template, the prompts, the decoding and the generating code. Evaluating several
-    runs from one base then generates the base's answers once (half of each evaluation's time)."""
+    runs from one base (or one SFT model) then generates its answers once (half of each evaluation's time)."""
     import dataclasses
     import hashlib
     import json
