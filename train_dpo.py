@@ -56,6 +56,7 @@ LORA_TARGET_MODULES = "all-linear"  # layers that get adapters: all-linear, or n
 # Self-generated pairs (offline): the SFT model's own answer is the rejected one
 REJECTED_MAX_NEW_TOKENS = 128  # length limit of the SFT model's answers
 REJECTED_TEMPERATURE = 0.7  # their sampling temperature (top-p 0.9, as in the chat); 0: greedy, as eval decodes
+STOP_BEFORE_LOOPS = False  # where the SFT model's answer loops, prefer it cut before the loop to the corpus answer
 # Evaluation, logging, checkpoints
 EVAL_PAIRS = 64  # held-out pairs for the eval loss and the preference accuracy (never trained on)
 SEED = 42  # random seed: sampling, the held-out split, the order of the pairs

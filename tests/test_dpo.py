@@ -221,6 +221,52 @@ def test_rejected_temperature_0_writes_the_greedy_answers_that_eval_scores(quick
     assert preferences.generate(model, tokenizer, prompts, s) != rejected
 
 
+LOOPING = "Yes, I can help. " + "I am always willing to help others. " * 3 + "I am"
+LIST_LOOP = "Three questions:\n- What is your role?\n- What are your goals?\n- What is your role?\n-"
+
+
+@pytest.mark.parametrize("answer, before_loop", [
+    (LOOPING, "Yes, I can help. I am always willing to help others."),  # a sentence said again
+    (LIST_LOOP, "Three questions:\n- What is your role?\n- What are your goals?"),  # a line said again
+    ("Steps, as follows:\n- Go on and on and on.\n- Go on and on and on.", "Steps, as follows:\n- Go on and on and "
+     "on."),
+    ("Sure thing. Sure thing. Sure thing.", ""),  # too little before the loop: the corpus answer stays chosen
+    ("Paris is the capital of France. It lies on the Seine.", ""),  # no loop: the corpus answer stays chosen
+    ("***\n***\n***\n***", ""),  # loops from the start
+])
+def test_an_answer_that_loops_is_cut_at_its_last_sentence_before_the_loop(answer, before_loop):
+    from sft.eval.compare import has_repetition
+
+    assert preferences.cut_before_loop(answer) == before_loop
+    assert answer.startswith(before_loop) and not has_repetition(before_loop)
+
+
+def test_stop_before_loops_prefers_the_sft_models_own_answer_cut_before_its_loop(quick_run):
+    import train_dpo
+    from sft import settings
+
+    sft_dir, _ = quick_run
+    args = ["--offline", "--num-pairs", "3", "--eval-pairs", "1", "--sft-model", str(sft_dir), "--stop-before-loops"]
+    s = settings.parse(settings.constants(vars(train_dpo)), args, "", ROOT / "train_dpo.py")
+    chats, _ = preferences.kit_chats(s, [])
+    cache = preferences.answers_cache(s, [chat[:-1] for chat in chats])  # the SFT model's answers, as if written
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps([LOOPING, "A short answer that does not loop.", LIST_LOOP, LOOPING]))
+    pairs = preferences.self_generated_pairs(s, None, None, [])  # no model: the answers are read from the cache
+    assert [p["chosen"][0]["content"] for p in pairs.train] == [
+        "Yes, I can help. I am always willing to help others.", chats[1][-1]["content"],  # the corpus answer
+        "Three questions:\n- What is your role?\n- What are your goals?"]
+    assert pairs.eval[0]["chosen"][0]["content"] == "Yes, I can help. I am always willing to help others."
+    assert "for the 3 that loop, that answer cut before its loop" in pairs.rejected_from
+
+
+def test_dpo_on_a_dpo_model_is_compared_under_another_name_than_the_model_it_continued():
+    from sft.eval.compare import contender_names
+
+    assert contender_names({"stage": "dpo", "sft_model": {"stage": "sft"}}) == ("SFT", "DPO")
+    assert contender_names({"stage": "dpo", "sft_model": {"stage": "dpo"}}) == ("DPO", "DPO, second pass")
+
+
 def test_quick_changes_only_the_settings_not_typed():
     import train_dpo
     from sft import settings

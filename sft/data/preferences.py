@@ -14,7 +14,9 @@ template, so the pairs are trained in exactly the format the chatbot answers in.
     self-generated   no Hub (the kit, or --offline): the kit's chats, chosen = the corpus answer, rejected =
                      the SFT model's own sampled answer to the same request, generated once and cached. DPO
                      then pushes the model from what it says now towards what its teacher said (SPIN's
-                     recipe: Chen et al., 2024, "Self-Play Fine-Tuning").
+                     recipe: Chen et al., 2024, "Self-Play Fine-Tuning"). With --stop-before-loops, where the
+                     model's answer loops, the chosen one is that answer cut before its loop: the pair then
+                     differs only in stopping there or looping on.
 
 Pairs whose prompt shares 8 words in a row with an IFEval prompt are dropped (the evaluation scores on
 those), as are pairs whose chosen and rejected answers are the same.
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,22 +173,59 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
 
 # --- self-generated pairs (offline) --------------------------------------------------------------
 def self_generated_pairs(s, model, tokenizer, notices: list[str]) -> PairData:
-    """The kit's chats as pairs: the corpus answer chosen, the SFT model's own sampled answer rejected. Training
-    pairs come from the kit's pool, held-out pairs from its test split (never trained on by SFT or DPO)."""
+    """The kit's chats as pairs: the corpus answer chosen, the SFT model's own sampled answer rejected (with
+    STOP_BEFORE_LOOPS, an answer that loops has itself, cut before the loop, as the chosen one). Training pairs
+    come from the kit's pool, held-out pairs from its test split (never trained on by SFT or DPO)."""
+    chats, num_train = kit_chats(s, notices)
+    rejected = sft_answers(s, model, tokenizer, [chat[:-1] for chat in chats])
+    own = [cut_before_loop(answer) if s.stop_before_loops else "" for answer in rejected]  # "": the corpus answer
+    pairs = [{"prompt": chat[:-1], "chosen": [{"role": "assistant", "content": cut}] if cut else chat[-1:],
+              "rejected": [{"role": "assistant", "content": answer}]}
+             for chat, cut, answer in zip(chats, own, rejected)]
+    cuts = f"; for the {sum(map(bool, own))} that loop, that answer cut before its loop" if s.stop_before_loops else ""
+    return PairData(pairs[:num_train], pairs[num_train:], "offline-kit", SELF_GENERATED, "-",
+                    f"the SFT model's own ({rejected_decoding(s).describe()}, up to {s.rejected_max_new_tokens} "
+                    f"tokens); chosen: the corpus answers ({kit.SHAREGPT}){cuts}", notices)
+
+
+def kit_chats(s, notices: list[str]) -> tuple[list, int]:
+    """(chats, how many to train on): NUM_PAIRS of the kit's pool in a seeded order, then EVAL_PAIRS of its test
+    split."""
     pool, test = kit.sharegpt_exchanges()
     random.Random(s.seed).shuffle(pool)
     random.Random(s.seed).shuffle(test)
     if s.num_pairs > len(pool):
         notices.append(f"{kit.SHAREGPT} has {len(pool)} training conversations: {len(pool)} pairs, not "
                        f"{s.num_pairs}.")
-    chats = pool[:s.num_pairs] + test[:min(s.eval_pairs, len(test))]
-    rejected = sft_answers(s, model, tokenizer, [chat[:-1] for chat in chats])
-    pairs = [{"prompt": chat[:-1], "chosen": chat[-1:], "rejected": [{"role": "assistant", "content": answer}]}
-             for chat, answer in zip(chats, rejected)]
-    train = pairs[:min(s.num_pairs, len(pool))]
-    return PairData(train, pairs[len(train):], "offline-kit", SELF_GENERATED, "-",
-                    f"the SFT model's own ({rejected_decoding(s).describe()}, up to {s.rejected_max_new_tokens} "
-                    f"tokens); chosen: the corpus answers ({kit.SHAREGPT})", notices)
+    return pool[:s.num_pairs] + test[:min(s.eval_pairs, len(test))], min(s.num_pairs, len(pool))
+
+
+_UNIT_END = re.compile(r"[.!?](?=\s)|\n")  # where a sentence or a line ends
+_UNFINISHED = re.compile(r"(:|^\s*([-*]|\d+[.)]))\s*$")  # a last line that announces more: "Steps:", "3."
+MIN_OWN_WORDS = 5  # shorter than this before its loop: the corpus answer stays the chosen one
+
+
+def cut_before_loop(answer: str) -> str:
+    """The answer up to the end of its last sentence or line before it starts to repeat itself (compare's
+    repetition check, or a sentence said again), without a last line that announces more; "" when the answer does
+    not loop, or loops within its first MIN_OWN_WORDS words. DPO then prefers stopping there to going on: the
+    shared beginning cancels out of its loss, leaving the end-of-text against the loop."""
+    from sft.eval.compare import cut_at_role, has_repetition
+
+    if not has_repetition(answer):
+        return ""
+    answer, kept, seen = cut_at_role(answer), "", set()
+    for end in (match.end() for match in _UNIT_END.finditer(answer + "\n")):
+        prefix = answer[:end].rstrip()
+        if prefix == kept or not prefix:
+            continue  # a line that ends where its sentence did
+        sentence = re.split(r"(?<=[.!?])\s+|\n", prefix)[-1].strip().lower()
+        if has_repetition(prefix) or sentence in seen:
+            break
+        seen.add(sentence)
+        if not _UNFINISHED.search(prefix.rsplit("\n", 1)[-1]):
+            kept = prefix
+    return kept if len(kept.split()) >= MIN_OWN_WORDS else ""
 
 
 def sft_answers(s, model, tokenizer, prompts: list[Messages]) -> list[str]:

@@ -42,7 +42,8 @@ _ROLE_LINE = re.compile(r"^\s*(" + "|".join(re.escape(label) for label in ROLE_L
 def contender_names(metadata: dict | None) -> tuple[str, str]:
     """The names of the two models compared: the one a folder was trained from, and the folder's own."""
     if metadata and metadata.get("stage") in ("dpo", "grpo"):  # continued from a model folder: SFT (or DPO)
-        return (metadata.get("sft_model", {}).get("stage") or "sft").upper(), metadata["stage"].upper()
+        before, after = (metadata.get("sft_model", {}).get("stage") or "sft").upper(), metadata["stage"].upper()
+        return before, after if after != before else f"{after}, second pass"  # DPO on a DPO model
     return "base", "fine-tuned"
 
 
