@@ -202,3 +202,25 @@ def test_the_model_a_run_continued_from_is_generated_once_whatever_its_name(chat
         evaluate.evaluate({"SFT": model, "DPO": model}, tokenizer, items, decoding, None, 64)
     printed = capsys.readouterr().out
     assert printed.count("were kept from an earlier evaluation") == 1 and "The SFT model's answers" in printed
+
+
+def test_the_cut_row_scores_the_bases_answers_cut_at_their_first_role_line(chat_model_dir):
+    """The base's kept answers are rewritten in the cache, so that the cut changes what is followed: a tiny
+    model's few tokens rarely hold a role line of their own."""
+    from sft import generation, models
+    from sft.eval import evaluate
+    from sft.offline_kit import cache_dir
+
+    model, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
+    items = [{**item("punctuation:no_comma"), "prompt": f"Say it without a comma, {n}."} for n in ("one", "two")]
+    decoding = generation.Decoding(max_new_tokens=3)
+    before = set((cache_dir() / "answers").glob("*.json"))
+    evaluate.kept_answers(model, tokenizer, [i["prompt"] for i in items], decoding, "base")
+    [path] = set((cache_dir() / "answers").glob("*.json")) - before
+    kept = json.loads(path.read_text())
+    for answer, text in zip(kept["answers"], ["No comma here.\nUser: one, two", "One, two."]):
+        answer["text"] = text
+    path.write_text(json.dumps(kept))
+    results = evaluate.evaluate({"base": model, "fine-tuned": model}, tokenizer, items, decoding, None, 64)
+    assert results["base"]["ifeval"]["followed_strict"] == [False, False]
+    assert results[evaluate.CUT_BASE]["ifeval"]["followed_strict"] == [True, False]
