@@ -4,6 +4,7 @@
     python train_dpo.py                    # ./chatbot-finetuned (train_chatbot.py's) -> ./chatbot-dpo
     python train_dpo.py --pairs my_pairs.jsonl   # your own prompt/chosen/rejected pairs (see README)
     python train_dpo.py --offline          # pairs from the offline kit: its answers chosen, the SFT model's rejected
+    python train_dpo.py --pairs kit-loops  # the kit's answers chosen, the same answers made to loop rejected
 
 Direct Preference Optimization (Rafailov et al., 2023) learns from pairs: a prompt, an answer to prefer
 (chosen) and one to avoid (rejected). The SFT model, frozen, is the reference; each answer's "reward"
@@ -31,7 +32,7 @@ from sft.train.trainer import DPOTrainer, dpo_config  # TRL's DPOTrainer, printi
 # --- settings ----------------------------------------------------------------------------------
 # What to train, on what
 SFT_MODEL = "./chatbot-finetuned"  # the SFT model folder to start from (train_chatbot.py's OUTPUT_DIR); the reference
-PAIRS = "HuggingFaceH4/ultrafeedback_binarized"  # Hub dataset, local prompt/chosen/rejected file, or self-generated
+PAIRS = "HuggingFaceH4/ultrafeedback_binarized"  # Hub dataset, prompt/chosen/rejected file, self-generated or kit-loops
 PAIRS_SPLIT = "train_prefs"  # split to read from a Hub dataset or a saved DatasetDict
 NUM_PAIRS = 2000  # preference pairs to train on; held-out pairs are extra
 OUTPUT_DIR = "./chatbot-dpo"  # where the DPO model folder is written

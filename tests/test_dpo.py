@@ -260,6 +260,50 @@ def test_stop_before_loops_prefers_the_sft_models_own_answer_cut_before_its_loop
     assert "for the 3 that loop, that answer cut before its loop" in pairs.rejected_from
 
 
+@pytest.mark.parametrize("answer, rejected", [
+    ("Paris is big. It is old! Visit it.", {"Paris is big." + " Paris is big." * 3,
+                                           "Paris is big. It is old!" + " It is old!" * 3,
+                                           "Paris is big. It is old! Visit it." + " Visit it." * 3}),
+    ("Steps:\n1. Mix the flour.\n2. Bake it.", {"Steps:" + "\nSteps:" * 3,  # a line again on its own line
+                                              "Steps:\n1. Mix the flour." + "\n1. Mix the flour." * 3,
+                                              "Steps:\n1. Mix the flour.\n2. Bake it." + "\n2. Bake it." * 3}),
+])
+def test_a_kit_loops_rejected_answer_says_one_of_its_sentences_again_from_there(answer, rejected):
+    import random
+
+    from sft.eval.compare import has_repetition
+
+    looped = {preferences.looping(answer, random.Random(seed)) for seed in range(20)}
+    assert looped == rejected and all(has_repetition(one) for one in looped) and not has_repetition(answer)
+
+
+def test_kit_loops_pairs_need_no_model_and_hold_out_the_kits_test_split(quick_run, tmp_path):
+    import os
+
+    import train_dpo
+    from sft import settings
+    from sft.eval.compare import has_repetition
+
+    sft_dir, _ = quick_run
+    args = ["--pairs", "kit-loops", "--num-pairs", "6", "--eval-pairs", "3", "--sft-model", str(sft_dir)]
+    s = settings.parse(settings.constants(vars(train_dpo)), args, "", ROOT / "train_dpo.py")
+    pairs = preferences.load_pairs(s, None, None, hub_available=lambda: True)  # no model, no Hub asked: none needed
+    chats, _ = preferences.kit_chats(s, [])
+    assert (pairs.name, pairs.source, len(pairs.train), len(pairs.eval)) == ("kit-loops", "offline-kit", 6, 3)
+    for pair, chat in zip(pairs.train + pairs.eval, chats):
+        answer, rejected = chat[-1]["content"], pair["rejected"][0]["content"]
+        assert pair["prompt"] == chat[:-1] and pair["chosen"] == chat[-1:]
+        assert rejected != answer and has_repetition(rejected) and os.path.commonprefix([answer, rejected]).strip()
+    assert "said 3 times more" in pairs.rejected_from
+    result = run_script("train_dpo.py", *dpo_args(sft_dir, tmp_path / "loops", "--pairs", "kit-loops",
+                                                   "--max-steps", "1", "--eval-pairs", "4"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Pairs: kit-loops [from offline-kit]: 24 to train on, 4 held out" in result.stdout
+    assert "Generating" not in result.stdout + result.stderr  # nothing is generated
+    record = json.loads((tmp_path / "loops" / METADATA_FILE).read_text())
+    assert record["dataset"] == "kit-loops" and "ShareGPT" in (tmp_path / "loops" / "README.md").read_text()
+
+
 def test_dpo_on_a_dpo_model_is_compared_under_another_name_than_the_model_it_continued():
     from sft.eval.compare import contender_names
 

@@ -17,6 +17,10 @@ template, so the pairs are trained in exactly the format the chatbot answers in.
                      recipe: Chen et al., 2024, "Self-Play Fine-Tuning"). With --stop-before-loops, where the
                      model's answer loops, the chosen one is that answer cut before its loop: the pair then
                      differs only in stopping there or looping on.
+    kit-loops        the kit's chats with no generation at all: chosen = the corpus answer, rejected = the same
+                     answer up to a sentence or line picked at random, then that sentence said again and again,
+                     as a small model's greedy answer loops. The shared beginning cancels out of DPO's loss, so
+                     what is left is going on (or stopping) against repeating.
 
 Pairs whose prompt shares 8 words in a row with an IFEval prompt are dropped (the evaluation scores on
 those), as are pairs whose chosen and rejected answers are the same.
@@ -35,6 +39,8 @@ from sft.errors import UserError, first_line
 from sft.offline_kit import cache_dir
 
 SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also their name in the metadata)
+KIT_LOOPS = "kit-loops"  # --pairs name of the offline pairs whose rejected answer is the corpus answer made to loop
+LOOP_REPEATS = 3  # times a kit-loops rejected answer says its sentence again
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")  # what the chat template renders
 GENERATION_BATCH = 32  # answers generated together on a CPU (64 on a GPU), as in compare and eval
@@ -149,13 +155,15 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
     from sft.console import banner
 
     notices, records = [], None
-    if s.pairs != SELF_GENERATED:
+    if s.pairs not in (SELF_GENERATED, KIT_LOOPS):
         records, source, split = read_pair_records(s.pairs, s.pairs_split, s.offline, hub_available)
         if records is None:
             why = "--offline" if s.offline else "The Hub is unreachable"
             notices.append(f"{why} and {s.pairs} is not in the local cache: building pairs from the offline kit's "
                            f"chats instead ({SELF_GENERATED}).")
-    if records is None:
+    if s.pairs == KIT_LOOPS:
+        pairs = kit_loop_pairs(s, notices)
+    elif records is None:
         pairs = self_generated_pairs(s, model, tokenizer, notices)
     else:
         train, held_out = sample_pairs(records, s.num_pairs, s.eval_pairs, s.seed, s.pairs)
@@ -200,6 +208,33 @@ def kit_chats(s, notices: list[str]) -> tuple[list, int]:
     return pool[:s.num_pairs] + test[:min(s.eval_pairs, len(test))], min(s.num_pairs, len(pool))
 
 
+def kit_loop_pairs(s, notices: list[str]) -> PairData:
+    """The kit's chats as pairs with nothing generated: the corpus answer chosen, the same answer looping from a
+    sentence picked at random rejected. Training pairs from the kit's pool, held-out pairs from its test split."""
+    chats, num_train = kit_chats(s, notices)
+    rng = random.Random(s.seed)
+    pairs = [{"prompt": chat[:-1], "chosen": chat[-1:],
+              "rejected": [{"role": "assistant", "content": looping(chat[-1]["content"], rng)}]} for chat in chats]
+    return PairData(pairs[:num_train], pairs[num_train:], "offline-kit", KIT_LOOPS, "-",
+                    f"the corpus answer up to a sentence or line picked at random, then that one said {LOOP_REPEATS} "
+                    f"times more; chosen: the corpus answers ({kit.SHAREGPT})", notices)
+
+
+def looping(answer: str, rng: random.Random) -> str:
+    """`answer` up to the end of one of its sentences or lines, picked at random, then that sentence or line again
+    LOOP_REPEATS times: the shape of a greedy loop."""
+    text, units, start = answer.rstrip() + "\n", [], 0
+    for match in _SENTENCE_OR_LINE_END.finditer(text):
+        if text[start:match.end()].strip():
+            units.append((start, match.end()))
+        start = match.end()
+    start, end = rng.choice(units)
+    whole_line = text[start - 1:start] in ("", "\n") and "\n" in text[end - 1:end + 1]
+    joiner = "\n" if whole_line else " "  # a line (a list item) again on a line of its own, a sentence in line
+    return text[:end].rstrip() + (joiner + text[start:end].strip()) * LOOP_REPEATS
+
+
+_SENTENCE_OR_LINE_END = re.compile(r"(?<!\d)[.!?](?=\s)|\n")  # not the "1." of a numbered list
 _UNIT_END = re.compile(r"[.!?](?=\s)|\n")  # where a sentence or a line ends
 _UNFINISHED = re.compile(r"(:|^\s*([-*]|\d+[.)]))\s*$")  # a last line that announces more: "Steps:", "3."
 MIN_OWN_WORDS = 5  # shorter than this before its loop: the corpus answer stays the chosen one
