@@ -22,6 +22,25 @@ def test_auto_takes_bf16_only_where_the_cpu_has_it_natively(monkeypatch):
     assert devices.pick_device("bf16").precision == "bf16" and devices.pick_device("bf16").why == "--precision bf16"
 
 
+@pytest.mark.parametrize("machine, flags, native", [
+    ("x86_64", "fpu avx2 avx512f avx512bw avx512_vnni", False),  # AVX-512 alone: oneDNN emulates bf16
+    ("x86_64", "fpu avx2 avx512f avx512bw avx512_bf16", True),  # AMD Zen 4, Intel Cooper Lake
+    ("x86_64", "fpu avx2 avx512f amx_tile amx_bf16", True),  # Intel Sapphire Rapids
+    ("aarch64", "fp asimd", True),  # Arm: oneDNN's own check decides
+])
+def test_bf16_is_native_only_where_the_cpu_has_bf16_instructions(monkeypatch, tmp_path, machine, flags, native):
+    import platform
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(devices, "onednn_bf16", lambda: True)  # what torch's oneDNN says on any AVX-512 CPU
+    assert devices.cpu_has_bf16(str(cpuinfo)) is native
+    assert devices.cpu_has_bf16(str(tmp_path / "none")) is True  # no /proc/cpuinfo: oneDNN's answer
+    monkeypatch.setattr(devices, "onednn_bf16", lambda: False)
+    assert devices.cpu_has_bf16(str(cpuinfo)) is False
+
+
 @pytest.fixture(scope="module")
 def both_runs(tiny_gpt2_dir, chats_jsonl, tmp_path_factory):
     """quick_test.py's main() in this process (6 steps on the tiny model), on a CPU without bf16 and on one
