@@ -40,6 +40,7 @@ from sft.offline_kit import cache_dir
 
 SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also their name in the metadata)
 KIT_LOOPS = "kit-loops"  # --pairs name of the offline pairs whose rejected answer is the corpus answer made to loop
+KIT_PAIRS = (SELF_GENERATED, KIT_LOOPS)  # the --pairs names built from the offline kit's chats
 LOOP_REPEATS = 3  # times a kit-loops rejected answer says its sentence again
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")  # what the chat template renders
@@ -155,7 +156,7 @@ def load_pairs(s, model, tokenizer, hub_available) -> PairData:
     from sft.console import banner
 
     notices, records = [], None
-    if s.pairs not in (SELF_GENERATED, KIT_LOOPS):
+    if s.pairs not in KIT_PAIRS:
         records, source, split = read_pair_records(s.pairs, s.pairs_split, s.offline, hub_available)
         if records is None:
             why = "--offline" if s.offline else "The Hub is unreachable"

@@ -1,6 +1,7 @@
 """README.md of a fine-tuned folder: a Hugging Face model card, written from training_metadata.json."""
 
 from sft.data.chat_format import render
+from sft.data.preferences import KIT_PAIRS
 
 # Licences of the models and data the scripts name; anything else: see its own page.
 KNOWN_LICENCES = {
@@ -99,7 +100,7 @@ Direct Preference Optimization of the SFT model `{m['base_model']}` (itself fine
 | training | {results['optimizer_steps']} optimizer steps ({results['epochs_completed']:g} epochs) of {results['effective_batch_size']} pairs ({_batch(m)}), learning rate {m['learning_rate']:g} (AdamW, linear decay), max length {settings['max_length']}, seed {settings['seed']} |
 | held-out pairs | DPO loss {_loss(results['eval_loss_before'])} before (ln 2: the model is its own reference), {_loss(results['eval_loss'])} after; preference accuracy {_share(results['eval_preference_accuracy'])} (the chosen answer gains more than the rejected one, relative to the reference), reward margin {_loss(results['eval_reward_margin'])} |
 | machine | {m['environment']['device']}, {m['environment']['precision']}, {results['train_seconds']:,.0f} s of training |
-| licences | base model: {_licence(sft['base_model'] or '')}; SFT data: {_licence(sft['dataset'] or '')}; pairs: {_licence('sharegpt-first-exchanges' if m['dataset'] in ('self-generated', 'kit-loops') else m['dataset'])} |
+| licences | base model: {_licence(sft['base_model'] or '')}; SFT data: {_licence(sft['dataset'] or '')}; pairs: {_licence('sharegpt-first-exchanges' if m['dataset'] in KIT_PAIRS else m['dataset'])} |
 
 All figures are in `training_metadata.json`; `loss_curve.png` plots the losses. Its [report card](report.md)
 (`python test_chatbot.py --mode eval --model PATH/TO/THIS/FOLDER`) measures it against the SFT model.
