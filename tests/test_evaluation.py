@@ -191,17 +191,28 @@ def test_the_base_models_answers_are_generated_once_per_base_prompts_and_decodin
     assert "were kept" not in capsys.readouterr().out
 
 
-def test_the_model_a_run_continued_from_is_generated_once_whatever_its_name(chat_model_dir, capsys):
+def test_each_models_answers_are_generated_once_whatever_it_is_called(chat_model_dir, capsys):
+    """The SFT model's answers, written when it was evaluated against its base, are not written again when
+    a DPO model trained from it is evaluated against it."""
     from sft import generation, models
     from sft.eval import evaluate
 
-    model, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
-    items = [item("change_case:english_lowercase"), item("punctuation:no_comma")]
-    decoding = generation.Decoding(max_new_tokens=4)
-    for _ in range(2):  # a DPO model is evaluated against the SFT model it continued: twice, as after two DPO runs
-        evaluate.evaluate({"SFT": model, "DPO": model}, tokenizer, items, decoding, None, 64)
+    def model(shift):  # the same architecture, other weights: another model
+        loaded, tokenizer = generation.load_for_generation(models.finetuned_source(str(chat_model_dir)))
+        with torch.no_grad():
+            next(loaded.parameters()).add_(shift)
+        return loaded, tokenizer
+
+    (base, tokenizer), (sft, _), (dpo, _) = model(0.5), model(0.0), model(-0.5)
+    items = [{**item("punctuation:no_comma"), "prompt": f"Count to {n} without commas."} for n in ("three", "four")]
+    decoding = generation.Decoding(max_new_tokens=5)
+    evaluate.evaluate({"base": base, "fine-tuned": sft}, tokenizer, items, decoding, None, 64)
+    assert "were kept" not in capsys.readouterr().out
+    evaluate.evaluate({"SFT": sft, "DPO": dpo}, tokenizer, items, decoding, None, 64)
     printed = capsys.readouterr().out
     assert printed.count("were kept from an earlier evaluation") == 1 and "The SFT model's answers" in printed
+    evaluate.evaluate({"SFT": sft, "DPO": dpo}, tokenizer, items, decoding, None, 64)
+    assert capsys.readouterr().out.count("were kept from an earlier evaluation") == 2
 
 
 def test_the_cut_row_scores_the_bases_answers_cut_at_their_first_role_line(chat_model_dir):

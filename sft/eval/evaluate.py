@@ -23,13 +23,9 @@ CUT_BASE = "base, cut at its first role line"
 def evaluate(contenders: dict, tokenizer, items: list[dict], decoding, held_out: list | None, max_length: int) -> dict:
     """Answers, IFEval scores, behaviour and held-out loss for each model in `contenders` (name -> model)."""
     results, started = {}, time.time()
-    starting_point = next(iter(contenders))  # the base, or the SFT model a DPO or GRPO run continued
     for name, model in contenders.items():
         prompts = [item["prompt"] for item in items]
-        if name == starting_point:  # the same for every model trained from it: generated once, then kept
-            answers, speed = kept_answers(model, tokenizer, prompts, decoding, name)
-        else:
-            answers, speed = compare.generate_answers(model, tokenizer, prompts, decoding, name=name)
+        answers, speed = kept_answers(model, tokenizer, prompts, decoding, name)  # generated once per model
         results[name] = {"answers": answers, "behaviour": compare.summarize(answers, speed),
                          "ifeval": by_group(ifeval.score(items, [answer.text for answer in answers])),
                          "held_out_loss": held_out_loss(model, tokenizer, held_out, max_length) if held_out else None}
@@ -52,7 +48,8 @@ def by_group(score: dict) -> dict:
 def kept_answers(model, tokenizer, prompts: list[str], decoding, name: str):
     """compare.generate_answers, kept in the project's cache under a key of everything the answers depend on:
     the weights, the chat template, the prompts, the decoding and the generating code. Evaluating several
-    runs from one base (or one SFT model) then generates its answers once (half of each evaluation's time)."""
+    runs from one base, or a DPO model after its SFT model, then generates each model's answers once: a base's
+    answers are half of each evaluation's time, an SFT model's 6 of a DPO evaluation's 13 minutes (BENCHMARKS.md)."""
     import dataclasses
     import hashlib
     import json
