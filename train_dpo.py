@@ -71,7 +71,8 @@ OVERWRITE = False  # replace an OUTPUT_DIR (or checkpoints) left by a run with o
 TRUST_REMOTE_CODE = False  # let a model repository run its own Python code; leave off unless you trust it
 QUICK = False  # a few minutes on a CPU: the settings in QUICK_RUN below, except those given as flags
 
-QUICK_RUN = dict(SFT_MODEL="./chatbot-test", OUTPUT_DIR="./chatbot-dpo-test", PAIRS=preferences.SELF_GENERATED,
+QUICK_RUN = dict(SFT_MODEL="./chatbot-test", OUTPUT_DIR="./chatbot-dpo-test",
+                 PAIRS=preferences.KIT_LOOPS,  # nothing generated: 3.4 min faster, more stops (BENCHMARKS.md)
                  NUM_PAIRS=48, EVAL_PAIRS=16, MAX_STEPS=12, GRADIENT_ACCUMULATION_STEPS=1,  # 12 steps of 4 pairs
                  FREEZE_EMBEDDINGS=True)  # 2.9x faster steps on a CPU, the same quality (BENCHMARKS.md, DPO on a CPU)
 

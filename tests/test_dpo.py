@@ -181,8 +181,9 @@ def test_offline_pairs_are_the_sft_models_own_answers_generated_once_and_cached(
     from sft import settings
 
     sft_dir, _ = quick_run
-    args = ["--quick", "--offline", "--max-steps", "1", "--num-pairs", "8", "--eval-pairs", "4",
-            "--rejected-max-new-tokens", "8", "--sft-model", str(sft_dir), "--output-dir", str(tmp_path / "a")]
+    args = ["--quick", "--offline", "--pairs", "self-generated", "--max-steps", "1", "--num-pairs", "8",
+            "--eval-pairs", "4", "--rejected-max-new-tokens", "8", "--sft-model", str(sft_dir),
+            "--output-dir", str(tmp_path / "a")]
     first = run_script("train_dpo.py", *args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "Pairs: self-generated [from offline-kit]: 8 to train on, 4 held out" in first.stdout
@@ -322,7 +323,7 @@ def test_quick_changes_only_the_settings_not_typed():
     assert parse().sft_model == "./chatbot-finetuned" and parse().max_steps == 0
     quick = parse("--quick")
     assert (quick.sft_model, quick.output_dir, quick.pairs, quick.max_steps) == (
-        "./chatbot-test", "./chatbot-dpo-test", "self-generated", 12)
+        "./chatbot-test", "./chatbot-dpo-test", "kit-loops", 12)
     assert parse("--quick", "--max-steps", "3", "--sft-model", "./mine").max_steps == 3
     assert parse("--quick", "--sft-model", "./mine").sft_model == "./mine"
 
