@@ -22,9 +22,8 @@ CUT_BASE = "base, cut at its first role line"
 
 def evaluate(contenders: dict, tokenizer, items: list[dict], decoding, held_out: list | None, max_length: int) -> dict:
     """Answers, IFEval scores, behaviour and held-out loss for each model in `contenders` (name -> model)."""
-    results, started = {}, time.time()
+    results, started, prompts = {}, time.time(), [item["prompt"] for item in items]
     for name, model in contenders.items():
-        prompts = [item["prompt"] for item in items]
         answers, speed = kept_answers(model, tokenizer, prompts, decoding, name)  # generated once per model
         results[name] = {"answers": answers, "behaviour": compare.summarize(answers, speed),
                          "ifeval": by_group(ifeval.score(items, [answer.text for answer in answers])),
