@@ -107,6 +107,8 @@ def main(argv=None, **overrides):
             peft_config=lora_config(s, model),  # with LoRA the reference is the model with its adapter switched off
             callbacks=[LogLines(), AnswersAtEvaluation(tokenizer), stop_on_ctrl_c, NoCheckpointAtTheEnd()],
         )
+        if pairs.name == preferences.KIT_LOOPS:  # a greedy loop does not end: no end of turn after the rejected one
+            preferences.leave_loops_open(trainer, tokenizer)
         run.before_training(trainer, preferences.token_stats(trainer.train_dataset, s.max_length))  # disk, memory, time
 
         # 5. Train: the first Ctrl-C saves a checkpoint and stops; the same command then resumes from it

@@ -305,6 +305,36 @@ def test_kit_loops_pairs_need_no_model_and_hold_out_the_kits_test_split(quick_ru
     assert record["dataset"] == "kit-loops" and "ShareGPT" in (tmp_path / "loops" / "README.md").read_text()
 
 
+CHATML_CLOSE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"  # another model's own template
+
+
+@pytest.mark.parametrize("template", ["the project's", "ChatML"])
+def test_kit_loops_rejected_answers_are_left_open_and_the_chosen_ones_end(quick_run, tmp_path, template):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    sft_dir, _ = quick_run
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    end = tokenizer.eos_token
+    if template == "ChatML":
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.chat_template, end = CHATML_CLOSE, "<|im_end|>\n"
+    pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": "Name two colours."}],
+                                "chosen": [{"role": "assistant", "content": "Red. Blue."}],
+                                "rejected": [{"role": "assistant", "content": "Red. Red. Red."}]}])
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(sft_dir), train_dataset=pairs,
+                         eval_dataset=pairs, processing_class=tokenizer,
+                         args=DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+    assert tokenizer.decode(trainer.train_dataset[0]["rejected_ids"]).endswith("Red. Red. Red." + end)
+
+    preferences.leave_loops_open(trainer, tokenizer)
+    for pair in (trainer.train_dataset[0], trainer.eval_dataset[0]):
+        assert tokenizer.decode(pair["rejected_ids"]).endswith("Red. Red. Red.")  # the loop runs on
+        assert tokenizer.decode(pair["chosen_ids"]).endswith("Red. Blue." + end)  # the answer to prefer ends
+
+
 def test_dpo_on_a_dpo_model_is_compared_under_another_name_than_the_model_it_continued():
     from sft.eval.compare import contender_names
 

@@ -19,8 +19,9 @@ template, so the pairs are trained in exactly the format the chatbot answers in.
                      differs only in stopping there or looping on.
     kit-loops        the kit's chats with no generation at all: chosen = the corpus answer, rejected = the same
                      answer up to a sentence or line picked at random, then that sentence said again and again,
-                     as a small model's greedy answer loops. The shared beginning cancels out of DPO's loss, so
-                     what is left is going on (or stopping) against repeating.
+                     as a small model's greedy answer loops, left open: no end of turn closes it, as none closes
+                     a greedy loop before the token limit. The shared beginning cancels out of DPO's loss, so what
+                     is left is going on (or stopping) against repeating.
 
 Pairs whose prompt shares 8 words in a row with an IFEval prompt are dropped (the evaluation scores on
 those), as are pairs whose chosen and rejected answers are the same.
@@ -42,6 +43,7 @@ SELF_GENERATED = "self-generated"  # --pairs name of the offline pairs (also the
 KIT_LOOPS = "kit-loops"  # --pairs name of the offline pairs whose rejected answer is the corpus answer made to loop
 KIT_PAIRS = (SELF_GENERATED, KIT_LOOPS)  # the --pairs names built from the offline kit's chats
 LOOP_REPEATS = 3  # times a kit-loops rejected answer says its sentence again
+TURN_END_TOKENS = 3  # the most tokens a chat template closes an answer with (<eos>; <end_of_turn> and a newline)
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant")  # what the chat template renders
 GENERATION_BATCH = 32  # answers generated together on a CPU (64 on a GPU), as in compare and eval
@@ -218,7 +220,24 @@ def kit_loop_pairs(s, notices: list[str]) -> PairData:
               "rejected": [{"role": "assistant", "content": looping(chat[-1]["content"], rng)}]} for chat in chats]
     return PairData(pairs[:num_train], pairs[num_train:], "offline-kit", KIT_LOOPS, "-",
                     f"the corpus answer up to a sentence or line picked at random, then that one said {LOOP_REPEATS} "
-                    f"times more; chosen: the corpus answers ({kit.SHAREGPT})", notices)
+                    f"times more, left open (no end of turn); chosen: the corpus answers ({kit.SHAREGPT})", notices)
+
+
+def leave_loops_open(trainer, tokenizer) -> None:
+    """The rejected answers of kit-loops pairs, as DPOTrainer tokenized them, without the end of turn the chat
+    template closes them with (its last special token, and whitespace after it): a greedy loop runs on to the
+    token limit, so DPO lowers saying the sentence again, not stopping after it. The chosen answers keep theirs."""
+    special = set(tokenizer.all_special_ids)
+
+    def open_ended(ids: list[int]) -> list[int]:
+        for i in range(max(len(ids) - TURN_END_TOKENS, 0), len(ids)):
+            if ids[i] in special and not tokenizer.decode(ids[i:], skip_special_tokens=True).strip():
+                return ids[:i]
+        return ids
+
+    trainer.train_dataset = trainer.train_dataset.map(lambda pair: {"rejected_ids": open_ended(pair["rejected_ids"])})
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset = trainer.eval_dataset.map(lambda pair: {"rejected_ids": open_ended(pair["rejected_ids"])})
 
 
 def looping(answer: str, rng: random.Random) -> str:
