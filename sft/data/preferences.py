@@ -225,19 +225,21 @@ def kit_loop_pairs(s, notices: list[str]) -> PairData:
 
 def leave_loops_open(trainer, tokenizer) -> None:
     """The rejected answers of kit-loops pairs, as DPOTrainer tokenized them, without the end of turn the chat
-    template closes them with (its last special token, and whitespace after it): a greedy loop runs on to the
-    token limit, so DPO lowers saying the sentence again, not stopping after it. The chosen answers keep theirs."""
+    template closes them with (a special token among their last few, and only whitespace after it): a greedy loop
+    runs on to the token limit, so DPO lowers saying the sentence again, not stopping after it. The chosen answers
+    keep theirs."""
     special = set(tokenizer.all_special_ids)
 
-    def open_ended(ids: list[int]) -> list[int]:
+    def open_ended(pair: dict) -> dict:
+        ids = pair["rejected_ids"]
         for i in range(max(len(ids) - TURN_END_TOKENS, 0), len(ids)):
             if ids[i] in special and not tokenizer.decode(ids[i:], skip_special_tokens=True).strip():
-                return ids[:i]
-        return ids
+                return {"rejected_ids": ids[:i]}
+        return {"rejected_ids": ids}
 
-    trainer.train_dataset = trainer.train_dataset.map(lambda pair: {"rejected_ids": open_ended(pair["rejected_ids"])})
+    trainer.train_dataset = trainer.train_dataset.map(open_ended)
     if trainer.eval_dataset is not None:
-        trainer.eval_dataset = trainer.eval_dataset.map(lambda pair: {"rejected_ids": open_ended(pair["rejected_ids"])})
+        trainer.eval_dataset = trainer.eval_dataset.map(open_ended)
 
 
 def looping(answer: str, rng: random.Random) -> str:
