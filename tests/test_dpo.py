@@ -300,6 +300,7 @@ def test_kit_loops_pairs_need_no_model_and_hold_out_the_kits_test_split(quick_ru
                                                    "--max-steps", "1", "--eval-pairs", "4"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Pairs: kit-loops [from offline-kit]: 24 to train on, 4 held out" in result.stdout
+    assert "Rejected loops left open (no end of turn after them): 24 of 24 to train on, 4 of 4 held out." in result.stdout
     assert "Generating" not in result.stdout + result.stderr  # nothing is generated
     record = json.loads((tmp_path / "loops" / METADATA_FILE).read_text())
     assert record["dataset"] == "kit-loops" and "ShareGPT" in (tmp_path / "loops" / "README.md").read_text()
@@ -310,7 +311,7 @@ CHATML_CLOSE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}
 
 
 @pytest.mark.parametrize("template", ["the project's", "ChatML"])
-def test_kit_loops_rejected_answers_are_left_open_and_the_chosen_ones_end(quick_run, tmp_path, template):
+def test_kit_loops_rejected_answers_are_left_open_and_the_chosen_ones_end(quick_run, tmp_path, template, capsys):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -330,6 +331,7 @@ def test_kit_loops_rejected_answers_are_left_open_and_the_chosen_ones_end(quick_
     assert tokenizer.decode(trainer.train_dataset[0]["rejected_ids"]).endswith("Red. Red. Red." + end)
 
     preferences.leave_loops_open(trainer, tokenizer)
+    assert "left open (no end of turn after them): 1 of 1 to train on, 1 of 1 held out." in capsys.readouterr().out
     for pair in (trainer.train_dataset[0], trainer.eval_dataset[0]):
         assert tokenizer.decode(pair["rejected_ids"]).endswith("Red. Red. Red.")  # the loop runs on
         assert tokenizer.decode(pair["chosen_ids"]).endswith("Red. Blue." + end)  # the answer to prefer ends

@@ -237,9 +237,16 @@ def leave_loops_open(trainer, tokenizer) -> None:
                 return {"rejected_ids": ids[:i]}
         return {"rejected_ids": ids}
 
-    trainer.train_dataset = trainer.train_dataset.map(open_ended)
-    if trainer.eval_dataset is not None:
-        trainer.eval_dataset = trainer.eval_dataset.map(open_ended)
+    def opened(before, after) -> str:
+        return f"{sum(len(a) < len(b) for a, b in zip(after['rejected_ids'], before['rejected_ids']))} of {len(after)}"
+
+    train, held_out = trainer.train_dataset, trainer.eval_dataset
+    trainer.train_dataset = train.map(open_ended)
+    counts = opened(train, trainer.train_dataset) + " to train on"
+    if held_out is not None:
+        trainer.eval_dataset = held_out.map(open_ended)
+        counts += ", " + opened(held_out, trainer.eval_dataset) + " held out"
+    print(f"Rejected loops left open (no end of turn after them): {counts}.")
 
 
 def looping(answer: str, rng: random.Random) -> str:
