@@ -237,15 +237,15 @@ def leave_loops_open(trainer, tokenizer) -> None:
                 return {"rejected_ids": ids[:i]}
         return {"rejected_ids": ids}
 
-    def opened(before, after) -> str:
-        return f"{sum(len(a) < len(b) for a, b in zip(after['rejected_ids'], before['rejected_ids']))} of {len(after)}"
+    def opened(data, which: str):
+        after = data.map(open_ended)
+        count = sum(len(a) < len(b) for a, b in zip(after["rejected_ids"], data["rejected_ids"]))
+        return after, f"{count} of {len(data)} {which}"
 
-    train, held_out = trainer.train_dataset, trainer.eval_dataset
-    trainer.train_dataset = train.map(open_ended)
-    counts = opened(train, trainer.train_dataset) + " to train on"
-    if held_out is not None:
-        trainer.eval_dataset = held_out.map(open_ended)
-        counts += ", " + opened(held_out, trainer.eval_dataset) + " held out"
+    trainer.train_dataset, counts = opened(trainer.train_dataset, "to train on")
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset, held_out = opened(trainer.eval_dataset, "held out")
+        counts += ", " + held_out
     print(f"Rejected loops left open (no end of turn after them): {counts}.")
 
 
